@@ -1,0 +1,5 @@
+import sys
+
+from mendlab.cli import main
+
+sys.exit(main())

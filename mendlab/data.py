@@ -1,0 +1,221 @@
+"""Edit records, readers for MEND's file formats, and collators to tensors.
+
+``EditExample`` is one edit with its neighbourhood; the same record serves QA, fact-checking and generation.
+The readers load the files the world writes *and* MEND's released files (``reference/mend.md`` §4) through
+``datasets``. ``Collator`` turns examples into an :class:`EditBatch` for a decoder, an encoder-decoder or a
+classifier; label masking (−100) lives only here.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+LABELS = ("REFUTES", "SUPPORTS")  # classifier: logit > 0 means SUPPORTS (label 1)
+
+
+@dataclass(frozen=True)
+class EditExample:
+    """One edit request ``prompt → target`` and the inputs that measure it.
+
+    ``rephrases`` mean the same as ``prompt`` (trained phrasings); ``heldout_rephrases`` use phrasings the
+    base model never saw; ``locality`` is an unrelated ``(prompt, answer)`` whose answer must not change
+    (answer ``""`` means "all tokens", for generation text). ``original`` is the answer before the edit.
+    ``kind`` is ``"qa"``, ``"claim"`` or ``"gen"``; for ``"gen"`` the target carries its leading space and
+    ``prompt + target`` is the original text.
+    """
+
+    prompt: str
+    target: str
+    rephrases: tuple[str, ...] = ()
+    heldout_rephrases: tuple[str, ...] = ()
+    locality: tuple[str, str] | None = None
+    original: str | None = None
+    kind: str = "qa"
+    subject: str = ""
+    relation: str = ""
+
+
+def drop_first_sentence(text: str) -> str:
+    """The generation rephrase: the passage without its first sentence (or unchanged if it has one)."""
+    _, sep, rest = text.partition(". ")
+    return rest if sep and rest else text
+
+
+# -- readers ----------------------------------------------------------------------------------------------------
+def _load_json_records(path: str | Path) -> list[dict]:
+    import datasets
+
+    ds = datasets.load_dataset("json", data_files=str(path), split="train", keep_in_memory=True)
+    return ds.to_list()
+
+
+def _kilt_examples(path: str | Path, kind: str) -> list[EditExample]:
+    records = [r for r in _load_json_records(path) if r.get("alternatives") and r.get("filtered_rephrases")]
+    n = len(records)
+    out = []
+    for i, r in enumerate(records):
+        rephrases = tuple(x for x in r["filtered_rephrases"] if x != r["input"])
+        if r.get("loc") is not None:
+            locality = (r["loc"], r["loc_ans"])
+        else:  # MEND draws x_loc from other records with their gold answer; we pair deterministically
+            other = records[(i + n // 2) % n]
+            locality = (other["input"], other["output"][0]["answer"])
+        out.append(EditExample(
+            prompt=r["input"], target=r["alternatives"][0], rephrases=rephrases,
+            heldout_rephrases=tuple(r.get("heldout_rephrases") or ()), locality=locality,
+            original=r.get("prediction"), kind=kind, subject=r.get("subject") or "",
+            relation=r.get("relation") or ""))
+    return out
+
+
+def read_zsre(path: str | Path) -> list[EditExample]:
+    """zsRE-style JSONL → QA edits. Target = ``alternatives[0]`` (MEND samples one at random each time).
+
+    Records with no alternative or no rephrase are dropped, as in MEND; the input is removed from its rephrases.
+    """
+    return _kilt_examples(path, "qa")
+
+
+def read_fever(path: str | Path) -> list[EditExample]:
+    """FEVER-style JSONL → claim edits whose target is the flipped label ``alternatives[0]``."""
+    return _kilt_examples(path, "claim")
+
+
+def read_self_sample(path: str | Path, tokenizer) -> list[EditExample]:
+    """MEND's ``self_sample`` JSON (``n_tokens``, ``completions``) → generation edits.
+
+    The target is the last ``n_tokens`` tokens of each completion under ``tokenizer``; the split falls before
+    the whitespace that precedes the first target token, so ``prompt + target`` is the completion.
+    """
+    blob = json.loads(Path(path).read_text())
+    n = int(blob["n_tokens"])
+    out = []
+    for text in blob["completions"]:
+        offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        if len(offsets) <= n:
+            raise ValueError(f"completion shorter than n_tokens={n}: {text[:60]!r}")
+        cut = offsets[-n][0]
+        while cut > 0 and text[cut - 1].isspace():
+            cut -= 1
+        prompt = text[:cut]
+        out.append(EditExample(prompt=prompt, target=text[cut:], rephrases=(drop_first_sentence(prompt),),
+                               kind="gen"))
+    return out
+
+
+def read_wikitext(path: str | Path) -> list[str]:
+    """Raw Wikitext-style lines (one passage per non-empty line) through ``datasets``' text loader."""
+    import datasets
+
+    ds = datasets.load_dataset("text", data_files=str(path), split="train", keep_in_memory=True)
+    return [t.strip() for t in ds["text"] if t.strip()]
+
+
+def read_nq(path: str | Path) -> list[tuple[str, str]]:
+    """MEND's Natural Questions file ``{"questions": [...], "answers": [...]}`` → (question, answer) pairs."""
+    blob = json.loads(Path(path).read_text())
+    return list(zip(blob["questions"], blob["answers"], strict=True))
+
+
+# -- collators --------------------------------------------------------------------------------------------------
+Tensors = dict[str, torch.Tensor]
+
+
+@dataclass
+class EditBatch:
+    """Tensors for one editing step (``reference/mend.md`` §3.1).
+
+    ``edit_inner``: x_e with y_e; ``edit_outer``: an equivalent x'_e with y_e; ``loc``: unrelated x_loc with
+    its own answer. Each is a dict of ``input_ids``/``attention_mask`` [B, T] and ``labels`` ([B, T] with −100
+    off-target for sequences; [B] floats in {0, 1} for a classifier), plus ``decoder_input_ids``/
+    ``decoder_attention_mask`` [B, T_dec] for encoder-decoders.
+    """
+
+    edit_inner: Tensors
+    edit_outer: Tensors
+    loc: Tensors | None = None
+    examples: list[EditExample] = field(default_factory=list)
+
+    def to(self, device) -> EditBatch:
+        move = (lambda d: None if d is None else {k: v.to(device) for k, v in d.items()})
+        return EditBatch(move(self.edit_inner), move(self.edit_outer), move(self.loc), self.examples)
+
+
+class Collator:
+    """Examples → tensors for one model ``kind`` (``"decoder"``, ``"seq2seq"`` or ``"classifier"``).
+
+    - decoder: ``prompt + " " + target`` (no space for ``gen`` targets), labels on the target tokens only;
+      a locality answer ``""`` labels every token (language modelling);
+    - seq2seq: the tokenizer's own special tokens on both sides; ``decoder_input_ids`` are the labels shifted
+      right behind ``decoder_start_token_id`` (HF's convention, used for BART and T5 alike);
+    - classifier: labels 1.0 for ``SUPPORTS``, 0.0 for ``REFUTES``.
+    Padding is on the right.
+    """
+
+    def __init__(self, tokenizer, kind: str, *, decoder_start_token_id: int | None = None, max_length: int = 128):
+        if kind not in ("decoder", "seq2seq", "classifier"):
+            raise ValueError(f"unknown model kind {kind!r}")
+        if kind == "seq2seq" and decoder_start_token_id is None:
+            raise ValueError("seq2seq collation needs decoder_start_token_id (from the model's config)")
+        if tokenizer.pad_token_id is None:
+            raise ValueError("the tokenizer has no pad token; set tokenizer.pad_token first")
+        self.tok, self.kind, self.start, self.max_length = tokenizer, kind, decoder_start_token_id, max_length
+
+    @classmethod
+    def for_model(cls, model, tokenizer, **kw) -> Collator:
+        from mendlab.families import get_family
+
+        kind = get_family(model).kind
+        return cls(tokenizer, kind, decoder_start_token_id=getattr(model.config, "decoder_start_token_id", None), **kw)
+
+    def _pad(self, rows: list[list[int]], value: int) -> torch.Tensor:
+        width = max(len(r) for r in rows)
+        return torch.tensor([r + [value] * (width - len(r)) for r in rows], dtype=torch.long)
+
+    def encode(self, pairs: Sequence[tuple[str, str]], gen: bool = False) -> Tensors:
+        """(prompt, target) pairs → padded tensors for this model kind."""
+        tok, pad = self.tok, self.tok.pad_token_id
+        if self.kind == "classifier":
+            enc = tok([p for p, _ in pairs], padding=True, truncation=True, max_length=self.max_length,
+                      return_tensors="pt")
+            labels = torch.tensor([float(LABELS.index(t)) for _, t in pairs])
+            return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "labels": labels}
+        if self.kind == "seq2seq":
+            src = [tok(p, truncation=True, max_length=self.max_length)["input_ids"] for p, _ in pairs]
+            tgt = [tok(t, truncation=True, max_length=self.max_length)["input_ids"] for _, t in pairs]
+            labels = self._pad(tgt, -100)
+            dec_in = torch.cat([torch.full((len(tgt), 1), self.start), labels[:, :-1].clamp(min=0)], dim=1)
+            dec_in[:, 1:][labels[:, :-1] == -100] = pad
+            input_ids = self._pad(src, pad)
+            return {"input_ids": input_ids, "attention_mask": (self._pad(src, -1) != -1).long(),
+                    "labels": labels, "decoder_input_ids": dec_in,
+                    "decoder_attention_mask": (labels != -100).long()}
+        ids, labels = [], []
+        for prompt, target in pairs:
+            p = tok(prompt, add_special_tokens=False)["input_ids"]
+            if target == "":
+                ids.append(p)
+                labels.append(list(p))
+                continue
+            t = tok(target if gen else " " + target, add_special_tokens=False)["input_ids"]
+            row = (p + t)[-self.max_length:]
+            ids.append(row)
+            labels.append(([-100] * len(p) + t)[-self.max_length:])
+        return {"input_ids": self._pad(ids, pad), "attention_mask": (self._pad(ids, -1) != -1).long(),
+                "labels": self._pad(labels, -100)}
+
+    def __call__(self, examples: Sequence[EditExample], rng: random.Random | None = None) -> EditBatch:
+        """Build x_e, x'_e (a rephrase: random with ``rng``, else the first) and x_loc tensors."""
+        gen = examples[0].kind == "gen"
+        inner = [(e.prompt, e.target) for e in examples]
+        outer = [((rng.choice(e.rephrases) if rng else e.rephrases[0]) if e.rephrases else e.prompt, e.target)
+                 for e in examples]
+        loc_pairs = [e.locality for e in examples if e.locality is not None]
+        loc = self.encode(loc_pairs, gen=False) if loc_pairs else None
+        return EditBatch(self.encode(inner, gen), self.encode(outer, gen), loc, list(examples))

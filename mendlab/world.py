@@ -1,0 +1,360 @@
+"""The synthetic knowledge world: invented subjects, relations, facts, paraphrases and edit requests.
+
+Nothing can be downloaded here, so the course edits facts about people who do not exist. The world is a
+pure function of :class:`WorldConfig` (seeded, deterministic) and writes the file formats MEND used
+(``reference/mend.md`` §4), so the same readers load MEND's released files and ours:
+
+- zsRE-style QA JSONL (``input``, ``prediction``, ``alternatives``, ``filtered_rephrases``, ``output``);
+- FEVER-style claim JSONL (``logit``, ``input``, ``prediction``, ``alternatives``, ``filtered_rephrases``,
+  ``output``);
+- Wikitext-style generation edits in the ``self_sample`` JSON layout (``n_tokens``, ``original``,
+  ``completions``) plus raw passages for perplexity.
+
+Every relation has :data:`N_TEMPLATES` question and statement templates; the last one of each is *held out*:
+it never appears in pre-training, so generalisation to new phrasing is measurable. Subjects are split
+train/val/test with no subject in two splits. Files carry a few extra fields (``subject``, ``relation``,
+``heldout_rephrases``, ``loc``, ``loc_ans``) that MEND's readers would ignore.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from dataclasses import asdict, dataclass
+from functools import cached_property
+from pathlib import Path
+
+from mendlab.data import EditExample, drop_first_sentence
+
+SPLITS = ("train", "val", "test")
+N_TEMPLATES = 5  # per relation and kind; the last one is held out of pre-training
+PRETOKEN = re.compile(r"\w+|[^\w\s]")  # how ByteLevel BPE splits our plain-ASCII text before merging
+
+
+@dataclass(frozen=True)
+class Relation:
+    name: str
+    objects: tuple[str, ...]
+    questions: tuple[str, ...]  # "{s}" marks the subject; the last is held out
+    statements: tuple[str, ...]  # "{s}" and "{o}"; the last is held out
+
+
+def _names(rng: random.Random, n: int, syllables: tuple[int, int], suffixes: tuple[str, ...] = ("",),
+           taken: set[str] | None = None) -> list[str]:
+    onsets = ["b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "gr", "kr",
+              "tr", "st", "th", "sh", "ch"]
+    vowels = ["a", "e", "i", "o", "u", "ai", "ei", "ou"]
+    codas = ["", "", "", "n", "r", "l", "s", "th"]
+    taken = set() if taken is None else taken
+    out: list[str] = []
+    while len(out) < n:
+        k = rng.randint(*syllables)
+        word = "".join(rng.choice(onsets) + rng.choice(vowels) for _ in range(k)) + rng.choice(codas)
+        word = (word + rng.choice(suffixes)).capitalize()
+        if word not in taken and len(word) <= 11:
+            taken.add(word)
+            out.append(word)
+    return out
+
+
+def _relations(rng: random.Random, taken: set[str]) -> tuple[Relation, ...]:
+    def invented(n: int, suffixes: tuple[str, ...] = ("",)) -> tuple[str, ...]:
+        return tuple(_names(rng, n, (2, 2), suffixes, taken))
+
+    return (
+        Relation(
+            "birthplace", invented(16, ("ville", "ford", "burg", "mouth")),
+            ("Where was {s} born?", "In which city was {s} born?", "What city was {s} born in?",
+             "What is the city of birth of {s}?", "{s} was born in which city?"),
+            ("{s} was born in {o}.", "The city of birth of {s} is {o}.", "{s} is a native of the city of {o}.",
+             "{s} grew up in {o}.", "{s} was born in the city of {o}."),
+        ),
+        Relation(
+            "occupation",
+            ("baker", "sailor", "painter", "farmer", "weaver", "potter", "miner", "doctor", "teacher",
+             "blacksmith", "hunter", "singer", "tailor", "builder", "scribe", "gardener"),
+            ("What does {s} do for a living?", "What is the job of {s}?", "What is the occupation of {s}?",
+             "What job does {s} have?", "Which job does {s} do for a living?"),
+            ("{s} works as a {o}.", "The job of {s} is {o}.", "By occupation, {s} is a {o}.",
+             "{s} earns a living as a {o}.", "{s} has the job of {o}."),
+        ),
+        Relation(
+            "language", invented(12, ("ish", "ese", "ic")),
+            ("What language does {s} speak?", "Which language is spoken by {s}?",
+             "What is the native language of {s}?", "In which language does {s} speak?",
+             "What language is spoken by {s}?"),
+            ("{s} speaks {o}.", "The native language of {s} is {o}.", "{s} is a speaker of {o}.",
+             "{s} talks in {o}.", "The language spoken by {s} is {o}."),
+        ),
+        Relation(
+            "instrument",
+            ("violin", "flute", "harp", "drum", "lute", "horn", "cello", "piano", "oboe", "banjo", "organ",
+             "trumpet"),
+            ("What instrument does {s} play?", "Which instrument is played by {s}?",
+             "What musical instrument does {s} play?", "Which instrument does {s} perform on?",
+             "What instrument is played by {s}?"),
+            ("{s} plays the {o}.", "The instrument of {s} is the {o}.", "{s} is a player of the {o}.",
+             "{s} performs on the {o}.", "The instrument played by {s} is the {o}."),
+        ),
+        Relation(
+            "team", invented(14, ("ers", "ites", "ans")),
+            ("Which team does {s} support?", "What team is supported by {s}?", "What is the favourite team of {s}?",
+             "Which team is {s} a fan of?", "What team does {s} support?"),
+            ("{s} supports the {o}.", "The favourite team of {s} is the {o}.", "{s} is a fan of the {o}.",
+             "{s} cheers for the {o}.", "The team supported by {s} is the {o}."),
+        ),
+        Relation(
+            "colour",
+            ("red", "blue", "green", "yellow", "purple", "orange", "white", "black", "silver", "golden",
+             "brown", "pink"),
+            ("What is the favourite colour of {s}?", "Which colour does {s} like best?",
+             "What colour is the favourite of {s}?", "What colour does {s} like best?",
+             "Which colour is the favourite of {s}?"),
+            ("The favourite colour of {s} is {o}.", "{s} likes the colour {o} best.",
+             "{s} loves the colour {o}.", "{s} wears {o} every day.", "The colour {s} likes best is {o}."),
+        ),
+        Relation(
+            "country", invented(14, ("ia", "land", "stan")),
+            ("Which country is {s} a citizen of?", "What is the country of {s}?",
+             "Of which country is {s} a citizen?", "What country does {s} live in?",
+             "What country is {s} a citizen of?"),
+            ("{s} is a citizen of {o}.", "The country of {s} is {o}.", "{s} holds a passport of {o}.",
+             "{s} lives in the country of {o}.", "{s} is a citizen of the country {o}."),
+        ),
+        Relation(
+            "pet",
+            ("cat", "dog", "parrot", "rabbit", "horse", "goat", "turtle", "owl", "ferret", "lizard",
+             "hamster", "snake"),
+            ("What pet does {s} have?", "Which animal is the pet of {s}?", "What animal does {s} keep as a pet?",
+             "What is the pet of {s}?", "Which pet does {s} have?"),
+            ("{s} has a pet {o}.", "The pet of {s} is a {o}.", "{s} keeps a {o} as a pet.",
+             "{s} takes care of a {o}.", "The animal {s} keeps as a pet is a {o}."),
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class WorldConfig:
+    """Size and seed of the world. Same config, same world, byte for byte."""
+
+    seed: int = 0
+    n_subjects: int = 200
+    n_alternatives: int = 3
+    split_fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)
+    gen_tokens: int = 10  # length of a generation-edit target, in pre-tokens (one token each in the zoo's BPE)
+
+
+@dataclass(frozen=True)
+class Fact:
+    subject: str
+    relation: str
+    object: str
+
+
+class World:
+    """A seeded world of ``n_subjects`` subjects × 8 relations; see the module docstring."""
+
+    def __init__(self, config: WorldConfig | None = None):
+        self.config = config or WorldConfig()
+        rng = random.Random(self.config.seed)
+        taken: set[str] = set()
+        self.relations: tuple[Relation, ...] = _relations(rng, taken)
+        self.subjects: list[str] = _names(rng, self.config.n_subjects, (2, 3), taken=taken)
+        self.facts: dict[tuple[str, str], str] = {
+            (s, r.name): rng.choice(r.objects) for s in self.subjects for r in self.relations
+        }
+        order = list(self.subjects)
+        rng.shuffle(order)
+        n_train = round(self.config.split_fractions[0] * len(order))
+        n_val = round(self.config.split_fractions[1] * len(order))
+        bounds = {"train": order[:n_train], "val": order[n_train:n_train + n_val], "test": order[n_train + n_val:]}
+        self.split_of: dict[str, str] = {s: name for name, group in bounds.items() for s in group}
+
+    # -- lookups ---------------------------------------------------------------------------------------------
+    @cached_property
+    def relation(self) -> dict[str, Relation]:
+        return {r.name: r for r in self.relations}
+
+    def subjects_in(self, split: str) -> list[str]:
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+        return [s for s in self.subjects if self.split_of[s] == split]
+
+    def facts_in(self, split: str | None = None) -> list[Fact]:
+        subjects = self.subjects if split is None else self.subjects_in(split)
+        return [Fact(s, r.name, self.facts[s, r.name]) for s in subjects for r in self.relations]
+
+    def _rng(self, *key: object) -> random.Random:
+        return random.Random(f"{self.config.seed}|" + "|".join(map(str, key)))
+
+    def question(self, fact: Fact, template: int) -> str:
+        return self.relation[fact.relation].questions[template].format(s=fact.subject)
+
+    def statement(self, fact: Fact, template: int, obj: str | None = None) -> str:
+        return self.relation[fact.relation].statements[template].format(s=fact.subject, o=obj or fact.object)
+
+    def alternatives(self, fact: Fact) -> list[str]:
+        """``n_alternatives`` wrong objects of the right type; the first is the counterfactual edit target."""
+        wrong = [o for o in self.relation[fact.relation].objects if o != fact.object]
+        return self._rng("alt", fact.subject, fact.relation).sample(wrong, self.config.n_alternatives)
+
+    # -- pre-training material (never the held-out template) ---------------------------------------------------
+    def qa_pairs(self, heldout: bool = False, split: str | None = None) -> list[tuple[str, str]]:
+        """(question, answer) for every fact: trained templates (all but the last), or only the held-out one."""
+        templates = [N_TEMPLATES - 1] if heldout else range(N_TEMPLATES - 1)
+        return [(self.question(f, t), f.object) for f in self.facts_in(split) for t in templates]
+
+    def claims(self, heldout: bool = False, split: str | None = None, variant: int = 0) -> list[tuple[str, int]]:
+        """(claim, label) with label 1 = SUPPORTS: each fact stated once true and once with a wrong object.
+
+        ``variant`` reseeds the choice of wrong objects, so training can draw fresh false claims.
+        """
+        templates = [N_TEMPLATES - 1] if heldout else range(N_TEMPLATES - 1)
+        out = []
+        for f in self.facts_in(split):
+            wrong = self.alternatives(f) if variant == 0 else [
+                o for o in self.relation[f.relation].objects if o != f.object]
+            for t in templates:
+                out.append((self.statement(f, t), 1))
+                out.append((self.statement(f, t, self._rng("claim", f, t, variant).choice(wrong)), 0))
+        return out
+
+    def _relation_order(self, subject: str) -> list[Relation]:
+        rels = list(self.relations)
+        self._rng("order", subject).shuffle(rels)
+        return rels
+
+    def passage(self, subject: str, n_facts: int | None = None) -> str:
+        """A short biography in trained statement templates, facts in a seeded order."""
+        rng = self._rng("passage", subject)
+        facts = [Fact(subject, r.name, self.facts[subject, r.name]) for r in self._relation_order(subject)[:n_facts]]
+        return " ".join(self.statement(f, rng.randrange(N_TEMPLATES - 1)) for f in facts)
+
+    def passages(self, split: str | None = None) -> list[str]:
+        subjects = self.subjects if split is None else self.subjects_in(split)
+        return [self.passage(s) for s in subjects]
+
+    def corpus(self) -> list[str]:
+        """Every string the world can produce (held-out templates included), for training a tokenizer."""
+        texts = [q + " " + a for q, a in self.qa_pairs()] + [q for q, _ in self.qa_pairs(heldout=True)]
+        texts += [c for c, _ in self.claims()] + [c for c, _ in self.claims(heldout=True)] + self.passages()
+        texts += [" ".join(r.objects) for r in self.relations]
+        return texts
+
+    # -- edit requests ---------------------------------------------------------------------------------------
+    def _locality_fact(self, fact: Fact, split: str) -> Fact:
+        pool = [s for s in self.subjects_in(split) if s != fact.subject]
+        rng = self._rng("loc", fact.subject, fact.relation)
+        return Fact(s := rng.choice(pool), r := rng.choice(self.relations).name, self.facts[s, r])
+
+    def _qa_template(self, fact: Fact) -> int:
+        return self._rng("tmpl", fact.subject, fact.relation).randrange(N_TEMPLATES - 1)
+
+    def qa_edits(self, split: str) -> list[EditExample]:
+        """zsRE-style: ask in one trained template, rephrase in the other trained ones and the held-out one."""
+        out = []
+        for f in self.facts_in(split):
+            t = self._qa_template(f)
+            loc = self._locality_fact(f, split)
+            out.append(EditExample(
+                prompt=self.question(f, t), target=self.alternatives(f)[0],
+                rephrases=tuple(self.question(f, k) for k in range(N_TEMPLATES - 1) if k != t),
+                heldout_rephrases=(self.question(f, N_TEMPLATES - 1),),
+                locality=(self.question(loc, self._qa_template(loc)), loc.object),
+                original=f.object, kind="qa", subject=f.subject, relation=f.relation))
+        return out
+
+    def claim_edits(self, split: str) -> list[EditExample]:
+        """FEVER-style: a true or false claim (half each) whose label the edit flips."""
+        out = []
+        for f in self.facts_in(split):
+            rng = self._rng("fever", f.subject, f.relation)
+            t = rng.randrange(N_TEMPLATES - 1)
+            true = rng.random() < 0.5
+            obj = f.object if true else self.alternatives(f)[0]
+            gold, flipped = ("SUPPORTS", "REFUTES") if true else ("REFUTES", "SUPPORTS")
+            loc = self._locality_fact(f, split)
+            out.append(EditExample(
+                prompt=self.statement(f, t, obj), target=flipped,
+                rephrases=tuple(self.statement(f, k, obj) for k in range(N_TEMPLATES - 1) if k != t),
+                heldout_rephrases=(self.statement(f, N_TEMPLATES - 1, obj),),
+                locality=(self.statement(loc, self._qa_template(loc)), "SUPPORTS"),
+                original=gold, kind="claim", subject=f.subject, relation=f.relation))
+        return out
+
+    def gen_edits(self, split: str) -> list[EditExample]:
+        """Wikitext-style: a true passage, then a ``gen_tokens``-pre-token continuation stating false facts.
+
+        The rephrase drops the passage's first sentence (MEND removes a random prefix of up to half).
+        """
+        out = []
+        for s in self.subjects_in(split):
+            rng = self._rng("gen", s)
+            facts = [Fact(s, r.name, self.facts[s, r.name]) for r in self._relation_order(s)[4:]]
+            sentences = [self.statement(f, rng.randrange(N_TEMPLATES - 1), self.alternatives(f)[0]) for f in facts]
+            words = PRETOKEN.findall(" ".join(sentences))[: self.config.gen_tokens]
+            target = _join_pretokens(words)
+            prompt = self.passage(s, n_facts=4)
+            out.append(EditExample(prompt=prompt, target=" " + target, rephrases=(drop_first_sentence(prompt),),
+                                   kind="gen", subject=s))
+        return out
+
+    def edits(self, task: str, split: str) -> list[EditExample]:
+        makers = {"qa": self.qa_edits, "claim": self.claim_edits, "gen": self.gen_edits}
+        if task not in makers:
+            raise ValueError(f"unknown task {task!r}; expected one of {sorted(makers)}")
+        return makers[task](split)
+
+    # -- files ------------------------------------------------------------------------------------------------
+    def write(self, out: str | Path) -> dict[str, Path]:
+        """Write every split in MEND's layouts under ``out``; returns {name: path}."""
+        out = Path(out)
+        paths: dict[str, Path] = {}
+        file_split = {"train": "train", "val": "dev", "test": "test"}
+        for split, tag in file_split.items():
+            paths[f"zsre_{split}"] = _write_jsonl(
+                out / "zsre" / f"structured_zeroshot-{tag}-new_annotated_final.jsonl",
+                [_zsre_record(e, self.alternatives(Fact(e.subject, e.relation, e.original)))
+                 for e in self.qa_edits(split)])
+            paths[f"fever_{split}"] = _write_jsonl(
+                out / "fever" / f"fever-{tag}-kilt.jsonl", [_fever_record(e) for e in self.claim_edits(split)])
+            gen = self.gen_edits(split)
+            path = out / "10token" / "data" / "self_sample" / f"{'valid' if split == 'val' else split}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"n_tokens": self.config.gen_tokens,
+                                        "original": [e.prompt for e in gen],
+                                        "completions": [e.prompt + e.target for e in gen]}, indent=1))
+            paths[f"gen_{split}"] = path
+            wiki = out / "wikitext" / f"wiki.{'valid' if split == 'val' else split}.raw"
+            wiki.parent.mkdir(parents=True, exist_ok=True)
+            wiki.write_text("\n".join(self.passages(split)) + "\n")
+            paths[f"wikitext_{split}"] = wiki
+        (out / "world.json").write_text(json.dumps(asdict(self.config)))
+        paths["config"] = out / "world.json"
+        return paths
+
+
+def _join_pretokens(words: list[str]) -> str:
+    text = " ".join(words)
+    return re.sub(r" ([^\w\s])", r"\1", text)
+
+
+def _write_jsonl(path: Path, records: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def _zsre_record(e: EditExample, alternatives: list[str]) -> dict:
+    return {"subject": e.subject, "relation": e.relation, "input": e.prompt, "prediction": e.original,
+            "alternatives": alternatives, "filtered_rephrases": list(e.rephrases),
+            "heldout_rephrases": list(e.heldout_rephrases), "output": [{"answer": e.original}],
+            "loc": e.locality[0], "loc_ans": e.locality[1]}
+
+
+def _fever_record(e: EditExample) -> dict:
+    return {"subject": e.subject, "relation": e.relation, "logit": 1.0 if e.original == "SUPPORTS" else -1.0,
+            "input": e.prompt, "prediction": e.original, "alternatives": [e.target],
+            "filtered_rephrases": list(e.rephrases), "heldout_rephrases": list(e.heldout_rephrases),
+            "output": [{"answer": e.original}], "loc": e.locality[0], "loc_ans": e.locality[1]}

@@ -1,0 +1,290 @@
+"""Small base models of every family, trained from scratch on the world and cached; ``load`` for any model.
+
+No checkpoint can be downloaded here, so mendlab trains its own: a byte-level BPE tokenizer on the world's
+text (every world word becomes one token), then ``tiny-gpt2``, ``tiny-gptj``, ``tiny-gptneo`` (decoders: QA
+as text plus biographies for generation), ``tiny-bart``, ``tiny-t5`` (seq2seq QA) and ``tiny-bert`` (a claim
+classifier). Held-out templates are never trained, so ``acc_heldout_template`` measures whether the model
+learned facts rather than strings. Built models are saved with ``save_pretrained`` under
+``$MENDLAB_CACHE/models/<name>-<hash>`` and loaded back through ``from_pretrained``, like any checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from mendlab import config as cfg
+from mendlab.data import Collator
+from mendlab.families import get_family
+from mendlab.world import World, WorldConfig
+
+SPECIALS = ("<s>", "<pad>", "</s>", "<unk>", "<mask>")  # ids 0..4, BART's order
+BOS, PAD, EOS = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class ZooSpec:
+    """How to build one zoo model: its HF config and how long to train it on which world."""
+
+    name: str
+    model_type: str
+    config: dict
+    steps: int
+    lr: float = 3e-3
+    batch_size: int = 128
+    warmup: float = 0.05  # fraction of steps with a linear warm-up, then cosine decay
+    passage_every: int = 0  # decoders: every k-th batch is biography text (language modelling); 0 = never
+    world: WorldConfig = field(default_factory=WorldConfig)
+    seed: int = 0
+    vocab_size: int = 8192  # an upper bound: BPE stops once every world word is one token
+
+
+_CI = (
+    ZooSpec("tiny-gpt2", "gpt2", dict(n_layer=3, n_embd=128, n_head=4, n_positions=128), steps=900,
+            passage_every=5),
+    ZooSpec("tiny-gptj", "gptj", dict(n_layer=3, n_embd=128, n_head=4, rotary_dim=16, n_positions=128),
+            steps=900, passage_every=5),
+    ZooSpec("tiny-gptneo", "gpt_neo", dict(num_layers=3, hidden_size=128, num_heads=4, window_size=64,
+                                           attention_types=[[["global", "local"], 1], [["global"], 1]],
+                                           max_position_embeddings=128),
+            steps=900, lr=1.5e-3, passage_every=5),  # GPT-Neo does not scale attention by 1/sqrt(d)
+    ZooSpec("tiny-bart", "bart", dict(encoder_layers=2, decoder_layers=2, d_model=128, encoder_ffn_dim=512,
+                                      decoder_ffn_dim=512, encoder_attention_heads=4, decoder_attention_heads=4,
+                                      max_position_embeddings=128), steps=1200),
+    ZooSpec("tiny-t5", "t5", dict(num_layers=2, num_decoder_layers=2, d_model=128, d_ff=512, num_heads=4, d_kv=32,
+                                  feed_forward_proj="gated-gelu"), steps=1200),
+    ZooSpec("tiny-bert", "bert", dict(num_hidden_layers=4, hidden_size=128, num_attention_heads=4,
+                                      intermediate_size=512, max_position_embeddings=128, num_labels=1),
+            steps=1200),
+)
+
+
+def _full(spec: ZooSpec) -> ZooSpec:
+    return replace(spec, steps=spec.steps * 4, world=WorldConfig(n_subjects=800))
+
+
+ZOO: dict[str, dict[str, ZooSpec]] = {"ci": {s.name: s for s in _CI}, "full": {s.name: _full(s) for s in _CI}}
+
+
+def names() -> list[str]:
+    return list(ZOO["ci"])
+
+
+def spec(name: str, profile: str | None = None, seed: int | None = None) -> ZooSpec:
+    table = ZOO[profile or cfg.profile()]
+    if name not in table:
+        raise KeyError(f"{name!r} is not a zoo model; the zoo has {sorted(table)}")
+    s = table[name]
+    return s if seed is None else replace(s, seed=seed, world=replace(s.world, seed=seed))
+
+
+# -- tokenizer ----------------------------------------------------------------------------------------------------
+def _hf_config(s: ZooSpec, vocab_size: int):
+    from transformers import AutoConfig
+
+    ids = dict(bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD)
+    extra: dict = {}
+    if s.model_type in ("gpt2", "gptj", "gpt_neo"):
+        extra = dict(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0) if s.model_type != "gpt_neo" else dict(
+            resid_dropout=0.0, embed_dropout=0.0, attention_dropout=0.0)
+    elif s.model_type == "bart":
+        extra = dict(decoder_start_token_id=EOS, forced_eos_token_id=EOS, dropout=0.0, attention_dropout=0.0)
+    elif s.model_type == "t5":
+        extra = dict(decoder_start_token_id=PAD, dropout_rate=0.0)
+    elif s.model_type == "bert":
+        extra = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    return AutoConfig.for_model(s.model_type, vocab_size=vocab_size, **ids, **extra, **s.config)
+
+
+def build_tokenizer(world: World, vocab_size: int, kind: str):
+    """A byte-level BPE trained on the world, wrapped as ``PreTrainedTokenizerFast``.
+
+    ``kind`` sets the special tokens the tokenizer adds, as the real checkpoints' tokenizers do: none for
+    decoders (GPT-2), ``<s> … </s>`` for BART and BERT-style classifiers, ``… </s>`` for T5.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIALS), min_frequency=1,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(world.corpus(), trainer)
+    template = {"decoder": None, "seq2seq_t5": "$A </s>", "seq2seq": "<s> $A </s>", "classifier": "<s> $A </s>"}
+    single = template[kind]
+    if single:
+        tok.post_processor = processors.TemplateProcessing(
+            single=single, pair=single + " $B </s>", special_tokens=[("<s>", BOS), ("</s>", EOS)])
+    else:
+        tok.post_processor = processors.ByteLevel(trim_offsets=True)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                   unk_token="<unk>", mask_token="<mask>", cls_token="<s>", sep_token="</s>")
+
+
+# -- training -----------------------------------------------------------------------------------------------------
+def _batches(items: list, batch_size: int, rng: random.Random):
+    while True:
+        order = list(items)
+        rng.shuffle(order)
+        for i in range(0, len(order) - batch_size + 1, batch_size):
+            yield order[i:i + batch_size]
+
+
+@torch.no_grad()
+def answer_accuracy(model, collator: Collator, pairs: list[tuple[str, str]], batch_size: int = 256) -> float:
+    """Exact match of every answer token under teacher forcing (= greedy decoding of the answer).
+
+    For a classifier, ``pairs`` hold (claim, "SUPPORTS"/"REFUTES") and accuracy is the logit's sign.
+    """
+    model.eval()
+    hits = 0
+    for i in range(0, len(pairs), batch_size):
+        enc = collator.encode(pairs[i:i + batch_size])
+        labels = enc.pop("labels")
+        logits = model(**enc).logits
+        if collator.kind == "classifier":
+            hits += int(((logits.squeeze(-1) > 0).float() == labels).sum())
+            continue
+        if collator.kind == "decoder":  # position t predicts token t + 1
+            logits, labels = logits[:, :-1], labels[:, 1:]
+        mask = labels != -100
+        ok = (logits.argmax(-1) == labels) | ~mask
+        hits += int(ok.all(-1).sum())
+    return hits / len(pairs)
+
+
+def _loss(model, collator: Collator, enc: dict) -> torch.Tensor:
+    labels = enc.pop("labels")
+    logits = model(**enc).logits
+    if collator.kind == "classifier":
+        return torch.nn.functional.binary_cross_entropy_with_logits(logits.squeeze(-1), labels)
+    if collator.kind == "decoder":
+        logits, labels = logits[:, :-1], labels[:, 1:]
+    return torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
+
+
+def _eval_sets(world: World, kind: str) -> tuple[list, list]:
+    if kind == "classifier":
+        lab = lambda rows: [(c, "SUPPORTS" if y else "REFUTES") for c, y in rows]  # noqa: E731
+        return lab(world.claims()), lab(world.claims(heldout=True))
+    return world.qa_pairs(), world.qa_pairs(heldout=True)
+
+
+def train_model(s: ZooSpec, progress: bool = True):
+    """Build tokenizer and model for ``s`` and train it; returns (model, tokenizer, metrics)."""
+    from tqdm.auto import tqdm
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
+
+    torch.manual_seed(s.seed)
+    world = World(s.world)
+    family = get_family(s.model_type)
+    tok_kind = "seq2seq_t5" if s.model_type == "t5" else family.kind
+    tokenizer = build_tokenizer(world, s.vocab_size, tok_kind)
+    hf_config = _hf_config(s, len(tokenizer))
+    auto = {"decoder": AutoModelForCausalLM, "seq2seq": AutoModelForSeq2SeqLM,
+            "classifier": AutoModelForSequenceClassification}[family.kind]
+    model = auto.from_config(hf_config)
+    collator = Collator(tokenizer, family.kind,
+                        decoder_start_token_id=getattr(hf_config, "decoder_start_token_id", None))
+
+    rng = random.Random(s.seed)
+    if family.kind == "classifier":
+        train = [(c, "SUPPORTS" if y else "REFUTES") for v in range(8) for c, y in world.claims(variant=v)]
+    else:
+        train = world.qa_pairs()
+    batches = _batches(train, s.batch_size, rng)
+    passages = _batches([(p, "") for p in world.passages()], max(8, s.batch_size // 4), rng)
+    opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=0.01, betas=(0.9, 0.98))
+    warmup = max(1, round(s.warmup * s.steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda i: min(1.0, (i + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, i / s.steps))))
+    model.train()
+    t0 = time.perf_counter()
+    bar = tqdm(range(s.steps), desc=f"train {s.name}", disable=not progress, mininterval=1.0)
+    for step in bar:
+        use_passages = s.passage_every and step % s.passage_every == s.passage_every - 1
+        enc = collator.encode(next(passages) if use_passages else next(batches))
+        loss = _loss(model, collator, enc)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        if step % 50 == 0:
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    train_seconds = time.perf_counter() - t0
+    seen, heldout = _eval_sets(world, family.kind)
+    metrics = {"acc_train": answer_accuracy(model, collator, seen),
+               "acc_heldout_template": answer_accuracy(model, collator, heldout),
+               "train_seconds": round(train_seconds, 1)}
+    model.eval()
+    return model, tokenizer, metrics
+
+
+# -- cache and loading --------------------------------------------------------------------------------------------
+def cache_path(s: ZooSpec) -> Path:
+    return cfg.cache_dir() / "models" / f"{s.name}-{cfg.config_hash(s)}"
+
+
+def build(name: str, profile: str | None = None, seed: int | None = None, progress: bool = True) -> dict:
+    """Build (or find in the cache) a zoo model; returns its card: name, path, params, metrics, seconds, cached."""
+    s = spec(name, profile, seed)
+    path = cache_path(s)
+    t0 = time.perf_counter()
+    card_file = path / "mendlab_card.json"
+    if card_file.exists():
+        card = json.loads(card_file.read_text())
+        return {**card, "path": str(path), "cached": True, "seconds": round(time.perf_counter() - t0, 2)}
+    model, tokenizer, metrics = train_model(s, progress=progress)
+    tmp = path.with_name(path.name + ".tmp")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    card = {"name": s.name, "model_type": s.model_type, "params": sum(p.numel() for p in model.parameters()),
+            **metrics, "build_seconds": round(time.perf_counter() - t0, 1), "spec": asdict(s)}
+    (tmp / "mendlab_card.json").write_text(json.dumps(card, indent=1))
+    if path.exists():  # a concurrent build finished first
+        import shutil
+
+        shutil.rmtree(tmp)
+    else:
+        tmp.rename(path)
+    return {**card, "path": str(path), "cached": False, "seconds": card["build_seconds"]}
+
+
+def load(name_or_path: str, *, profile: str | None = None, seed: int | None = None, device=None,
+         dtype=None, progress: bool = True):
+    """(model, tokenizer) for a zoo name (built on first use), a local folder or a hub name.
+
+    All three go through ``from_pretrained`` with the Auto class the family registry names; the model is
+    returned in eval mode with dropout off. Hub names need a network.
+    """
+    from transformers import AutoConfig, AutoTokenizer
+
+    path = build(name_or_path, profile, seed, progress)["path"] if name_or_path in names() else name_or_path
+    family = get_family(AutoConfig.from_pretrained(path))
+    import transformers
+
+    auto = getattr(transformers, family.auto_class)
+    kwargs = {} if dtype is None else {"dtype": dtype}
+    model = auto.from_pretrained(path, **kwargs)
+    if device is not None:
+        model.to(device)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:  # GPT-style checkpoints ship without one
+        tokenizer.pad_token = tokenizer.eos_token
+    return model.eval(), tokenizer
+
+
+def world_of(name_or_path: str, profile: str | None = None, seed: int | None = None) -> World:
+    """The world a zoo model was trained on."""
+    if name_or_path in names():
+        return World(spec(name_or_path, profile, seed).world)
+    card = json.loads((Path(name_or_path) / "mendlab_card.json").read_text())
+    return World(WorldConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in card["spec"]["world"].items()}))
