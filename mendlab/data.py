@@ -56,15 +56,18 @@ def _load_json_records(path: str | Path) -> list[dict]:
 
 
 def _kilt_examples(path: str | Path, kind: str) -> list[EditExample]:
-    records = [r for r in _load_json_records(path) if r.get("alternatives") and r.get("filtered_rephrases")]
+    records = []
+    for r in _load_json_records(path):  # as MEND: drop the input from its rephrases, then filter
+        rephrases = tuple(x for x in r.get("filtered_rephrases") or () if x != r["input"])
+        if r.get("alternatives") and rephrases:
+            records.append((r, rephrases))
     n = len(records)
     out = []
-    for i, r in enumerate(records):
-        rephrases = tuple(x for x in r["filtered_rephrases"] if x != r["input"])
+    for i, (r, rephrases) in enumerate(records):
         if r.get("loc") is not None:
             locality = (r["loc"], r["loc_ans"])
         else:  # MEND draws x_loc from other records with their gold answer; we pair deterministically
-            other = records[(i + n // 2) % n]
+            other = records[(i + max(1, n // 2)) % n][0]
             locality = (other["input"], other["output"][0]["answer"])
         out.append(EditExample(
             prompt=r["input"], target=r["alternatives"][0], rephrases=rephrases,
@@ -96,7 +99,8 @@ def read_self_sample(path: str | Path, tokenizer) -> list[EditExample]:
     blob = json.loads(Path(path).read_text())
     n = int(blob["n_tokens"])
     out = []
-    for text in blob["completions"]:
+    subjects = blob.get("subjects") or [""] * len(blob["completions"])  # our extension field
+    for text, subject in zip(blob["completions"], subjects, strict=True):
         offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
         if len(offsets) <= n:
             raise ValueError(f"completion shorter than n_tokens={n}: {text[:60]!r}")
@@ -105,7 +109,7 @@ def read_self_sample(path: str | Path, tokenizer) -> list[EditExample]:
             cut -= 1
         prompt = text[:cut]
         out.append(EditExample(prompt=prompt, target=text[cut:], rephrases=(drop_first_sentence(prompt),),
-                               kind="gen"))
+                               kind="gen", subject=subject))
     return out
 
 
@@ -199,7 +203,8 @@ class Collator:
         ids, labels = [], []
         for prompt, target in pairs:
             p = tok(prompt, add_special_tokens=False)["input_ids"]
-            if target == "":
+            if target == "":  # language modelling on the first max_length tokens
+                p = p[: self.max_length]
                 ids.append(p)
                 labels.append(list(p))
                 continue

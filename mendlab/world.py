@@ -324,7 +324,8 @@ class World:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps({"n_tokens": self.config.gen_tokens,
                                         "original": [e.prompt for e in gen],
-                                        "completions": [e.prompt + e.target for e in gen]}, indent=1))
+                                        "completions": [e.prompt + e.target for e in gen],
+                                        "subjects": [e.subject for e in gen]}, indent=1))
             paths[f"gen_{split}"] = path
             wiki = out / "wikitext" / f"wiki.{'valid' if split == 'val' else split}.raw"
             wiki.parent.mkdir(parents=True, exist_ok=True)

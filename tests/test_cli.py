@@ -1,0 +1,51 @@
+"""The command line: --json prints one JSON object as the last line; errors are clear."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from mendlab.cli import main
+
+
+def last_json(capsys) -> dict:
+    out = capsys.readouterr().out.strip().splitlines()
+    return json.loads(out[-1])
+
+
+def test_world_json(tmp_path, capsys):
+    assert main(["world", "--seed", "3", "--subjects", "30", "--out", str(tmp_path), "--json"]) == 0
+    result = last_json(capsys)
+    assert result["seed"] == 3 and result["n_subjects"] == 30 and result["n_facts"] == 30 * result["n_relations"]
+    assert sum(result["subjects_per_split"].values()) == 30
+    zsre = tmp_path / "zsre" / "structured_zeroshot-train-new_annotated_final.jsonl"
+    assert result["files"]["zsre_train"] == str(zsre) and zsre.exists()
+
+
+def test_zoo_list_json(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("MENDLAB_CACHE", str(tmp_path))
+    assert main(["zoo", "list", "--json"]) == 0
+    models = last_json(capsys)["models"]
+    assert [m["name"] for m in models] == ["tiny-gpt2", "tiny-gptj", "tiny-gptneo", "tiny-bart", "tiny-t5",
+                                           "tiny-bert"]
+    assert not any(m["built"] for m in models)
+
+
+def test_unknown_zoo_model_is_a_clear_error(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("MENDLAB_CACHE", str(tmp_path))
+    assert main(["zoo", "build", "tiny-llama"]) == 2
+    assert "tiny-gpt2" in capsys.readouterr().err
+
+
+def test_bad_profile_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("MENDLAB_PROFILE", "huge")
+    from mendlab import config
+
+    with pytest.raises(ValueError, match="ci"):
+        config.profile()
+
+
+def test_python_dash_m():
+    out = subprocess.run([sys.executable, "-m", "mendlab", "--help"], capture_output=True, text=True, check=True)
+    assert "demo" in out.stdout and "zoo" in out.stdout

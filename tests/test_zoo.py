@@ -1,0 +1,89 @@
+"""The zoo: build, cache, load through from_pretrained; the acceptance table as a slow test."""
+
+import json
+
+import pytest
+import torch
+
+from mendlab import zoo
+from mendlab.world import PRETOKEN, World, WorldConfig
+
+MICRO = zoo.ZooSpec("micro-gpt2", "gpt2", dict(n_layer=2, n_embd=32, n_head=2, n_positions=128), steps=30,
+                    passage_every=3, batch_size=16, world=WorldConfig(n_subjects=12))
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    path = tmp_path_factory.mktemp("cache")
+    mp.setenv("MENDLAB_CACHE", str(path))
+    yield path
+    mp.undo()
+
+
+def test_build_caches_and_loads(cache):
+    card = zoo.build(MICRO, progress=False)
+    assert not card["cached"] and card["path"].startswith(str(cache))
+    for key in ("name", "path", "params", "seconds", "acc_train", "acc_heldout_template"):
+        assert key in card
+    assert 0.0 <= card["acc_train"] <= 1.0
+    again = zoo.build(MICRO, progress=False)
+    assert again["cached"] and again["path"] == card["path"] and again["params"] == card["params"]
+    model, tok = zoo.load(card["path"])
+    assert type(model).__name__ == "GPT2LMHeadModel" and not model.training
+    assert sum(p.numel() for p in model.parameters()) == card["params"]
+    assert tok.pad_token_id == zoo.PAD and tok.eos_token_id == zoo.EOS
+    assert zoo.world_of(card["path"]).subjects == World(MICRO.world).subjects
+
+
+def test_same_spec_same_weights(cache):
+    a, _, _ = zoo.train_model(MICRO, progress=False)
+    b, _, _ = zoo.train_model(MICRO, progress=False)
+    for (n, p), (_, q) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert torch.equal(p, q), n
+
+
+@pytest.mark.parametrize("kind", ["decoder", "seq2seq", "seq2seq_t5", "classifier"])
+def test_every_world_word_is_one_token(kind):
+    world = World(WorldConfig(n_subjects=30))
+    tok = zoo.build_tokenizer(world, 8192, kind)
+    for text in world.corpus():  # one token per word or punctuation mark
+        assert len(tok(text, add_special_tokens=False)["input_ids"]) == len(PRETOKEN.findall(text)), text
+    ids = tok("Where was X born?")["input_ids"]
+    expected = {"decoder": (None, None), "seq2seq": (zoo.BOS, zoo.EOS), "seq2seq_t5": (None, zoo.EOS),
+                "classifier": (zoo.BOS, zoo.EOS)}[kind]
+    assert (ids[0] == zoo.BOS) == (expected[0] == zoo.BOS)
+    assert (ids[-1] == zoo.EOS) == (expected[1] == zoo.EOS)
+
+
+def test_load_a_plain_local_folder(tmp_path):
+    """Any checkpoint folder loads through the same path as a zoo name (here: one saved by hand)."""
+    from transformers import BartConfig, BartForConditionalGeneration
+
+    world = World(WorldConfig(n_subjects=10))
+    tok = zoo.build_tokenizer(world, 8192, "seq2seq")
+    cfg = BartConfig(vocab_size=len(tok), d_model=16, encoder_layers=1, decoder_layers=1, encoder_ffn_dim=32,
+                     decoder_ffn_dim=32, encoder_attention_heads=2, decoder_attention_heads=2,
+                     max_position_embeddings=64)
+    BartForConditionalGeneration(cfg).save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    model, tok2 = zoo.load(str(tmp_path))
+    assert type(model).__name__ == "BartForConditionalGeneration"
+    assert tok2("Where was X born?")["input_ids"] == tok("Where was X born?")["input_ids"]
+
+
+def test_unknown_zoo_name():
+    with pytest.raises(KeyError, match="tiny-gpt2"):
+        zoo.spec("tiny-llama", "ci")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", zoo.names())
+def test_zoo_acceptance(name):
+    """Every zoo model of the active profile knows the world (issue #2's acceptance bars)."""
+    card = zoo.build(name, progress=False)
+    print(json.dumps({k: card[k] for k in ("name", "params", "seconds", "cached", "acc_train",
+                                          "acc_heldout_template")}))
+    assert card["acc_train"] >= 0.95
+    if zoo.spec(name).model_type != "bert":
+        assert card["acc_heldout_template"] >= 0.80
