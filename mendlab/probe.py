@@ -18,7 +18,7 @@ from mendlab.world import N_TEMPLATES, World
 
 @torch.no_grad()
 def answer(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 4) -> list[str]:
-    """Greedy answers (stripped text) to ``prompts``; for a classifier, ``SUPPORTS``/``REFUTES``."""
+    """Greedy one-word answers to ``prompts``; for a classifier, ``SUPPORTS``/``REFUTES``."""
     model.eval()
     kind = get_family(model).kind
     out = []
@@ -30,8 +30,9 @@ def answer(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 4) ->
         ids = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                              pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
         new = ids[0] if kind == "seq2seq" else ids[0, enc["input_ids"].shape[1]:]
-        text = tokenizer.decode(new, skip_special_tokens=True).strip()
-        out.append(text.split("?")[0].split(".")[0].strip())
+        words = tokenizer.decode(new, skip_special_tokens=True).split()
+        # world answers are one word; a decoder trained without an end marker runs on after it
+        out.append(words[0].strip(".?,") if words else "")
     return out
 
 

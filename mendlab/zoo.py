@@ -47,10 +47,10 @@ class ZooSpec:
 
 
 _CI = (
-    ZooSpec("tiny-gpt2", "gpt2", dict(n_layer=3, n_embd=128, n_head=4, n_positions=128), steps=800, lr=1.5e-3,
+    ZooSpec("tiny-gpt2", "gpt2", dict(n_layer=3, n_embd=128, n_head=4, n_positions=128), steps=900, lr=1.5e-3,
             passage_every=5),
     ZooSpec("tiny-gptj", "gptj", dict(n_layer=3, n_embd=128, n_head=4, rotary_dim=16, n_positions=128),
-            steps=900, passage_every=5),
+            steps=750, passage_every=5),
     ZooSpec("tiny-gptneo", "gpt_neo", dict(num_layers=3, hidden_size=128, num_heads=4, window_size=64,
                                            attention_types=[[["global", "local"], 1], [["global"], 1]],
                                            max_position_embeddings=128),
@@ -59,9 +59,9 @@ _CI = (
     ZooSpec("tiny-bart", "bart", dict(encoder_layers=2, decoder_layers=2, d_model=128, encoder_ffn_dim=256,
                                       decoder_ffn_dim=256, encoder_attention_heads=4, decoder_attention_heads=4,
                                       activation_function="relu", max_position_embeddings=128),
-            steps=1100, warmup=0.3),
+            steps=1000, warmup=0.3),
     ZooSpec("tiny-t5", "t5", dict(num_layers=2, num_decoder_layers=2, d_model=128, d_ff=512, num_heads=4, d_kv=32,
-                                  feed_forward_proj="gated-gelu"), steps=750),
+                                  feed_forward_proj="gated-gelu"), steps=600),
     # a claim gives one bit per example: BERT learns a smaller world, after a fill-in-the-object warm-up
     ZooSpec("tiny-bert", "bert", dict(num_hidden_layers=3, hidden_size=128, num_attention_heads=4,
                                       intermediate_size=512, max_position_embeddings=128, num_labels=1),
@@ -168,11 +168,15 @@ def answer_accuracy(model, collator: Collator, pairs: list[tuple[str, str]], bat
 
 def _loss(model, collator: Collator, enc: dict) -> torch.Tensor:
     labels = enc.pop("labels")
+    if collator.kind == "decoder":  # the vocabulary projection only where there is a label: QA trains ~2x faster
+        hidden = model.base_model(**enc).last_hidden_state[:, :-1]
+        labels = labels[:, 1:]
+        keep = labels != -100
+        logits = model.get_output_embeddings()(hidden[keep])
+        return torch.nn.functional.cross_entropy(logits, labels[keep])
     logits = model(**enc).logits
     if collator.kind == "classifier":
         return torch.nn.functional.binary_cross_entropy_with_logits(logits.squeeze(-1), labels)
-    if collator.kind == "decoder":
-        logits, labels = logits[:, :-1], labels[:, 1:]
     return torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
 
 

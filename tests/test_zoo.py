@@ -12,13 +12,10 @@ MICRO = zoo.ZooSpec("micro-gpt2", "gpt2", dict(n_layer=2, n_embd=32, n_head=2, n
                     passage_every=3, batch_size=16, world=WorldConfig(n_subjects=12))
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    path = tmp_path_factory.mktemp("cache")
-    mp.setenv("MENDLAB_CACHE", str(path))
-    yield path
-    mp.undo()
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("MENDLAB_CACHE", str(tmp_path))
+    return tmp_path
 
 
 def test_build_caches_and_loads(cache):
@@ -87,3 +84,19 @@ def test_zoo_acceptance(name):
     assert card["acc_train"] >= 0.95
     if zoo.spec(name).model_type != "bert":
         assert card["acc_heldout_template"] >= 0.80
+
+
+def test_probe_table(cache):
+    from mendlab import probe
+    from mendlab.world import N_TEMPLATES
+
+    card = zoo.build(MICRO, progress=False)
+    model, tok = zoo.load(card["path"])
+    world = zoo.world_of(card["path"])
+    subjects = world.subjects_in("test")[:2]
+    df = probe.knowledge(model, tok, world, subjects)
+    assert len(df) == 2 * len(world.relations) * N_TEMPLATES
+    assert df.heldout_template.sum() == 2 * len(world.relations)
+    assert set(df.truth) <= {o for r in world.relations for o in r.objects}
+    assert df.correct.equals(df.prediction == df.truth)
+    assert list(probe.summary(df).columns) == ["trained templates", "held-out template"]
