@@ -83,7 +83,7 @@ def cmd_demo(args) -> None:
              "(greedy answers; the held-out template was never trained):", table.to_string(), ""]
     lines.append("Where it is wrong:" if len(wrong) else "It answers every probe correctly.")
     lines += [f"  {r.prompt!r:55s} → {r.prediction!r:16s} (truth {r.truth!r})" for r in wrong.itertuples()]
-    lines += ["", "Editing comes next: `mendlab train` / `mendlab edit` (see notebooks/ and chapters/)."]
+    lines += ["", "Editing this model with MEND comes next in the course (notebooks 01-03)."]
     result = {"model": args.model, "path": card["path"], "params": card["params"],
               "acc_train": card["acc_train"], "acc_heldout_template": card["acc_heldout_template"],
               "probe_acc_trained": round(float(df[~df.heldout_template].correct.mean()), 4),
