@@ -1,0 +1,77 @@
+"""The editor protocol and what every editor shares: batching requests and fingerprinting base models.
+
+An editor answers ``edit(model, batch) -> Edit``. Trainable editors are ``nn.Module``s that also give
+``param_groups(lr, lr_lr)`` for ``train.py`` and save/load with ``save_pretrained`` / ``from_pretrained``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from mendlab.data import Collator, EditBatch, EditExample
+from mendlab.families import edited_weights, get_family, shape_key
+
+
+class MismatchedModelError(ValueError):
+    """An editor was loaded or used with a model other than the one it was trained for."""
+
+
+@runtime_checkable
+class Editor(Protocol):
+    def edit(self, model: torch.nn.Module, batch, examples=None):  # -> mendlab.edit.Edit
+        ...
+
+
+def as_batch(model, tokenizer_or_batch, examples: EditExample | Sequence[EditExample] | None = None,
+             max_length: int = 128) -> EditBatch | dict:
+    """An :class:`EditBatch` (or tensor dict) from either a prepared batch or ``(tokenizer, examples)``."""
+    if isinstance(tokenizer_or_batch, (EditBatch, dict)):
+        return tokenizer_or_batch
+    if examples is None:
+        raise TypeError("edit(model, tokenizer, examples) needs examples, or pass a prepared EditBatch")
+    if isinstance(examples, EditExample):
+        examples = [examples]
+    return Collator.for_model(model, tokenizer_or_batch, max_length=max_length)(list(examples))
+
+
+def model_name(model) -> str:
+    return str(getattr(model, "name_or_path", "") or getattr(model.config, "_name_or_path", "") or "<unnamed>")
+
+
+def fingerprint(model, names: Sequence[str] | None = None) -> dict:
+    """What identifies a base model for an editor: type, name, edited shapes, and the first 8 values of each
+    edited weight (compared with a tolerance, so a bf16 copy of the same model still matches)."""
+    names = edited_weights(model, names)
+    params = dict(model.named_parameters())
+    return {"model_type": get_family(model).model_type, "name": model_name(model),
+            "shapes": {n: list(shape_key(model, n)) for n in names},
+            "probe": {n: [round(float(x), 6) for x in params[n].detach().flatten()[:8].float().cpu()]
+                      for n in names}}
+
+
+def check_fingerprint(saved: dict, model, where: str = "editor") -> None:
+    """Raise :class:`MismatchedModelError` naming both models if ``model`` is not the one ``saved`` describes."""
+    mine = fingerprint(model, list(saved["shapes"]) if _has_all(model, saved["shapes"]) else None)
+    problem = None
+    if mine["model_type"] != saved["model_type"]:
+        problem = f"model type {saved['model_type']!r} vs {mine['model_type']!r}"
+    elif mine["shapes"] != saved["shapes"]:
+        problem = "different edited weights or shapes"
+    else:
+        for n, vals in saved["probe"].items():
+            if not torch.allclose(torch.tensor(mine["probe"][n]), torch.tensor(vals), rtol=2e-2, atol=1e-3):
+                problem = f"different weights (first values of {n} differ)"
+                break
+    if problem:
+        raise MismatchedModelError(
+            f"{where} was trained for model {saved['name']!r} ({saved['model_type']}) but was given "
+            f"{mine['name']!r} ({mine['model_type']}): {problem}. Load it with the model it was trained for, "
+            f"or train a new editor for this one.")
+
+
+def _has_all(model, names) -> bool:
+    params = dict(model.named_parameters())
+    return all(n in params for n in names)

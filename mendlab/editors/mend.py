@@ -1,0 +1,122 @@
+"""MEND: the editor that turns an edit's fine-tuning gradient into a weight update (paper §3, Algorithm 2).
+
+    editor = MEND.for_model(model)                       # identity-initialised, untrained
+    train.train(editor, model, tokenizer, train_set, val_set)
+    edit = editor.edit(model, tokenizer, EditExample("Where was Zorbo born?", "Kelvane"))
+    with edit.applied(model): ...
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from mendlab import rank1
+from mendlab.edit import Edit, EditSet, Factors
+from mendlab.editors.base import as_batch, check_fingerprint, fingerprint
+from mendlab.families import edited_weights, get_family, is_conv1d, shape_key
+from mendlab.losses import forward, nll, nll_per_example
+from mendlab.nets import EditorNet, NetConfig
+
+WEIGHTS_FILE, CONFIG_FILE = "editor.safetensors", "editor_config.json"
+
+
+class MEND(nn.Module):
+    """Editor networks for one base model's edited weights (``names``), with their layouts and fingerprint.
+
+    The update of weight ℓ is ``W + α_ℓ Σ_t δ̃_t ũ_tᵀ`` as in the official code (α₀ = +1e-4, learned; the paper
+    writes a minus, reference §1.8); ``descent=True`` subtracts instead.
+    """
+
+    alg = "mend"
+
+    def __init__(self, config: NetConfig, shapes: dict[str, tuple[int, int]], conv1d: dict[str, bool],
+                 kind: str, base: dict, descent: bool = False):
+        super().__init__()
+        self.config, self.kind, self.base, self.descent = config, kind, base, descent
+        self.names = list(shapes)
+        self.conv1d = dict(conv1d)
+        self.net = EditorNet(shapes, config)
+
+    @classmethod
+    def for_model(cls, model: nn.Module, config: NetConfig | None = None, names: Sequence[str] | None = None,
+                  descent: bool = False) -> MEND:
+        """A fresh editor for ``model``'s edited weights (the family's defaults unless ``names``)."""
+        names = edited_weights(model, names)
+        shapes = {n: shape_key(model, n) for n in names}
+        return cls(config or NetConfig(), shapes, {n: is_conv1d(model, n) for n in names},
+                   get_family(model).kind, fingerprint(model, names), descent)
+
+    # -- editing ------------------------------------------------------------------------------------------
+    def edit(self, model: nn.Module, tokenizer_or_batch, examples=None, *, separate: bool = False
+             ) -> Edit | EditSet:
+        """An :class:`Edit` for one or many ``EditExample``s (with a tokenizer) or a prepared ``EditBatch``.
+
+        One forward and one backward of the base model (down to the earliest edited layer only), then the
+        editor networks on the token rows. Several requests are edited together: their rows are pooled and the
+        update is their sum (paper §5.3). With ``separate=True`` each request gets its own edit (an
+        :class:`EditSet`, computed in the same single pass: the loss is the sum of per-request mean NLLs, so
+        each request's rows are exactly those of editing it alone). The graph to the editor is kept.
+        """
+        batch = as_batch(model, tokenizer_or_batch, examples)
+        enc = batch.edit_inner if hasattr(batch, "edit_inner") else batch
+        device = next(model.parameters()).device
+        enc = {k: v.to(device) for k, v in enc.items()}
+        with torch.enable_grad(), rank1.capture(model, self.names) as cap:
+            logits = forward(model, enc)
+            loss = (nll_per_example(self.kind, logits, enc["labels"]).sum() if separate
+                    else nll(self.kind, logits, enc["labels"]))
+            rows = cap.rows(loss)
+        factors = {}
+        for name in self.names:
+            u, delta = self.net(name, rows[name].u, rows[name].delta)
+            alpha = self.net.step_size(name)
+            factors[name] = Factors((-alpha if self.descent else alpha) * delta, u, self.conv1d[name])
+        n = int(enc["input_ids"].shape[0])
+        meta = {"editor": self.alg, "n_requests": n}
+        if separate:
+            return EditSet(factors, {k: r.owner for k, r in rows.items()}, n, meta)
+        return Edit(factors, meta=meta)
+
+    def param_groups(self, lr: float, lr_lr: float) -> list[dict]:
+        return self.net.param_groups(lr, lr_lr)
+
+    # -- saving -------------------------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """``editor.safetensors`` (networks, α, normaliser state) and ``editor_config.json``."""
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()},
+                  str(directory / WEIGHTS_FILE))
+        cfg = {"alg": self.alg, "net": asdict(self.config), "kind": self.kind, "descent": self.descent,
+               "shapes": {n: list(s) for n, s in self.net.shapes.items()}, "conv1d": self.conv1d,
+               "base_model": self.base}
+        (directory / CONFIG_FILE).write_text(json.dumps(cfg, indent=1))
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, model: nn.Module | None = None, device=None) -> MEND:
+        """Load a saved editor; with ``model``, first check it is the model the editor was trained for
+        (:class:`~mendlab.editors.base.MismatchedModelError` names both otherwise)."""
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        if not (directory / CONFIG_FILE).exists():
+            raise FileNotFoundError(f"{directory} has no {CONFIG_FILE}; is it a saved MEND editor?")
+        cfg = json.loads((directory / CONFIG_FILE).read_text())
+        if model is not None:
+            check_fingerprint(cfg["base_model"], model, where=f"the editor in {directory}")
+        editor = cls(NetConfig(**cfg["net"]), {n: tuple(s) for n, s in cfg["shapes"].items()}, cfg["conv1d"],
+                     cfg["kind"], cfg["base_model"], cfg.get("descent", False))
+        editor.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
+        return editor.to(device) if device is not None else editor
+
+    def extra_repr(self) -> str:
+        return f"base={self.base['name']!r}, weights={len(self.names)}, params={self.net.count_parameters():,}"

@@ -1,0 +1,162 @@
+"""Edit success and drawdown, as ``reference/mend.md`` §5 defines them.
+
+- edit success: teacher-forced all-token argmax match of the target (sign match for a classifier), reported on
+  the edit input itself (``es_edit``), on its rephrasings in trained templates (``es_rephrase``) and in the
+  held-out template (``es_heldout``);
+- accuracy drawdown ``acc_dd`` = accuracy before − after the edit on unrelated facts (the task's panel);
+- perplexity drawdown ``ppl_dd`` = e^{pooled NLL after} − e^{pooled NLL before} on the same panel (absolute);
+- ``kl``: the locality KL(pre ‖ post) on the panel (§5.4).
+
+Every request is edited on its own (``n_edits=1``) unless ``n_edits`` > 1, in which case requests are edited
+in groups of that size and each member is scored under the group's summed edit (batch editing, paper §5.3).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+
+import torch
+
+from mendlab import losses
+from mendlab.data import Collator, EditExample
+
+KEYS = ("es_edit", "es_rephrase", "es_heldout", "acc_dd", "ppl_dd", "kl", "n")
+
+
+def _flat(examples: Sequence[EditExample], field: str) -> tuple[list[tuple[str, str]], list[int]]:
+    pairs, owner = [], []
+    for b, e in enumerate(examples):
+        for text in getattr(e, field):
+            pairs.append((text, e.target))
+            owner.append(b)
+    return pairs, owner
+
+
+class _Panel:
+    """The unrelated pairs, encoded once, with the unedited model's logits and scores."""
+
+    def __init__(self, model, collator: Collator, pairs: list[tuple[str, str]]):
+        self.kind = collator.kind
+        self.enc = {k: v.to(next(model.parameters()).device) for k, v in collator.encode(pairs).items()}
+        self.lm = all(a == "" for _, a in pairs)
+        with torch.no_grad():
+            self.pre = losses.forward(model, self.enc)
+        self.acc_pre, self.nll_pre, self.tokens = self.score(self.pre)
+
+    def score(self, logits) -> tuple[float, float, int]:
+        labels = self.enc["labels"]
+        acc = float(losses.correct(self.kind, logits, labels).float().mean())
+        if self.kind == "classifier":
+            return acc, float(losses.nll(self.kind, logits, labels)) * len(labels), len(labels)
+        total, count = losses.token_nll(self.kind, logits, labels)
+        return acc, float(total.sum()), int(count.sum())
+
+    def kl(self, post) -> float:
+        return float(losses.kl_loc(self.kind, self.pre, post, self.enc))
+
+
+@torch.no_grad()
+def evaluate(editor, model, tokenizer, examples: Sequence[EditExample], panel: list[tuple[str, str]], *,
+             n_edits: int = 1, chunk: int = 16, max_length: int = 128, progress: bool = True,
+             return_rows: bool = False):
+    """Edit every example (alone, or in groups of ``n_edits``) and score it; returns a dict of the ``KEYS``
+    plus ``acc_pre``, ``acc_post``, ``ppl_pre``, ``ppl_post``, ``edit_ms`` (mean per request); with
+    ``return_rows`` also a per-request DataFrame. The model is never modified."""
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    collator = Collator.for_model(model, tokenizer, max_length=max_length)
+    kind = collator.kind
+    device = next(model.parameters()).device
+    gen = examples[0].kind == "gen"
+
+    def enc_of(pairs):
+        return {k: v.to(device) for k, v in collator.encode(pairs, gen=gen).items()}
+
+    pan = _Panel(model, collator, panel)
+    separate = n_edits == 1 and hasattr(editor, "net")  # MEND edits many requests apart in one pass
+    group = chunk if separate else n_edits
+    rows, nll_post, tok_post, edit_s = [], 0.0, 0, 0.0
+    bar = tqdm(range(0, len(examples), group), desc="evaluate", disable=not progress, mininterval=1.0)
+    for start in bar:
+        members = list(examples[start:start + group])
+        inner = enc_of([(e.prompt, e.target) for e in members])
+        t0 = time.perf_counter()
+        with torch.enable_grad():
+            if separate:
+                edits = editor.edit(model, inner, separate=True)
+            elif n_edits == 1:
+                edits = [editor.edit(model, enc_of([(e.prompt, e.target)])) for e in members]
+            else:
+                edits = editor.edit(model, inner)
+        edit_s += time.perf_counter() - t0
+        edits = _detach(edits)
+
+        def run(enc, owner, edits=edits):
+            """Logits of each row under the edit that request ``owner[row]`` belongs to."""
+            if separate:
+                return edits.forward(model, enc, torch.tensor(owner, device=device))
+            if n_edits == 1:
+                return torch.cat([edits[b].forward(model, {k: v[i:i + 1] for k, v in enc.items()})
+                                  for i, b in enumerate(owner)])
+            return edits.forward(model, enc)
+
+        scores = {"es_edit": losses.correct(kind, run(inner, list(range(len(members)))), inner["labels"]).float()}
+        for key, field in (("es_rephrase", "rephrases"), ("es_heldout", "heldout_rephrases")):
+            pairs, owner = _flat(members, field)
+            per = torch.full((len(members),), float("nan"))
+            if pairs:
+                enc = enc_of(pairs)
+                ok = losses.correct(kind, run(enc, owner), enc["labels"]).float().cpu()
+                own = torch.tensor(owner)
+                per = torch.stack([ok[own == b].mean() if (own == b).any() else torch.tensor(float("nan"))
+                                   for b in range(len(members))])
+            scores[key] = per
+        panel_rows = []
+        for b in range(len(members)):
+            post = run(pan.enc, [b] * len(panel)) if (separate or n_edits == 1) else edits.forward(model, pan.enc)
+            acc, nll, tokens = pan.score(post)
+            nll_post, tok_post = nll_post + nll, tok_post + tokens
+            panel_rows.append((acc, pan.kl(post)))
+        for b, e in enumerate(members):
+            rows.append({"prompt": e.prompt, "target": e.target, "subject": e.subject, "relation": e.relation,
+                         **{k: float(v[b]) for k, v in scores.items()},
+                         "acc_post": panel_rows[b][0], "kl": panel_rows[b][1]})
+    df = pd.DataFrame(rows)
+    ppl_pre = math.exp(pan.nll_pre / max(pan.tokens, 1))
+    ppl_post = math.exp(nll_post / max(tok_post, 1))
+    result = {
+        "es_edit": float(df["es_edit"].mean()),
+        "es_rephrase": _mean(df["es_rephrase"]),
+        "es_heldout": _mean(df["es_heldout"]),
+        "acc_pre": pan.acc_pre, "acc_post": float(df["acc_post"].mean()),
+        "acc_dd": None if pan.lm else pan.acc_pre - float(df["acc_post"].mean()),
+        "ppl_pre": ppl_pre, "ppl_post": ppl_post,
+        "ppl_dd": None if kind == "classifier" else ppl_post - ppl_pre,
+        "kl": float(df["kl"].mean()), "n": len(df), "n_edits": n_edits,
+        "edit_ms": 1000 * edit_s / max(len(df), 1),
+    }
+    return (result, df) if return_rows else result
+
+
+def _detach(edits):
+    if isinstance(edits, list):
+        return [e.detach() for e in edits]
+    if hasattr(edits, "owner"):  # EditSet
+        from mendlab.edit import EditSet, Factors
+
+        return EditSet({n: Factors(f.delta.detach(), f.u.detach(), f.conv1d) for n, f in edits.factors.items()},
+                       edits.owner, edits.size, edits.meta)
+    return edits.detach()
+
+
+def _mean(series) -> float | None:
+    s = series.dropna()
+    return float(s.mean()) if len(s) else None
+
+
+def rounded(result: dict, digits: int = 3) -> dict:
+    """The result with floats rounded, for printing and stored notebook outputs."""
+    return {k: round(v, digits) if isinstance(v, float) else v for k, v in result.items()}

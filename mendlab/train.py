@@ -1,0 +1,247 @@
+"""Algorithm 1 (``reference/mend.md`` §3) for any trainable editor, on CPU or CUDA.
+
+Each micro-step samples ``edits_per_step`` training requests; every request is edited *on its own* (in one
+batched pass, :class:`mendlab.edit.EditSet`) and the editor is trained on
+
+    L = c_edit · NLL(y_e | x'_e; W̃)  +  c_loc · KL(p_W(·|x_loc) ‖ p_W̃(·|x_loc))
+
+with one Adam over two parameter groups (networks at ``lr``, step sizes α at ``lr_lr``), gradient
+accumulation, global-norm clipping, non-finite steps skipped and counted, validation on a fixed set with early
+stopping, the best editor saved, and resume from the last checkpoint after an interruption.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from mendlab import losses
+from mendlab.data import Collator, EditExample
+
+
+class NonFiniteTrainingError(RuntimeError):
+    """Too many consecutive training steps produced NaN or Inf."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Editor training settings. Steps count optimiser steps (each ``accumulate`` micro-steps of
+    ``edits_per_step`` requests); the official code's batch is 10 edits by accumulation at lr 1e-6."""
+
+    steps: int = 2000
+    edits_per_step: int = 10
+    accumulate: int = 1
+    lr: float = 1e-4
+    lr_lr: float = 1e-4
+    c_edit: float = 0.1
+    c_loc: float = 1.0
+    grad_clip: float = 100.0
+    val_every: int = 100
+    val_size: int = 100
+    patience: int = 1000
+    time_limit: float | None = None
+    max_nonfinite: int = 20
+    seed: int = 0
+    device: str = "cpu"
+    dtype: str | None = None  # "bf16": autocast the base model's forward passes
+    max_length: int = 128
+
+    @classmethod
+    def for_profile(cls, name: str | None = None, **overrides) -> TrainConfig:
+        """``ci``: sized for a 2-core CPU in minutes; ``full``: long training with patience, for a GPU."""
+        from mendlab.config import profile
+
+        name = name or profile()
+        base = {"ci": cls(steps=700, val_every=100, val_size=80, patience=400),
+                "full": cls(steps=20000, val_every=500, val_size=500, patience=4000)}[name]
+        return replace(base, **overrides)
+
+
+@dataclass
+class TrainResult:
+    editor: torch.nn.Module
+    history: list[dict] = field(default_factory=list)
+    best_val: float = math.inf
+    best_step: int = 0
+    steps: int = 0
+    seconds: float = 0.0
+    skipped: int = 0
+    stopped: str = ""
+    best_state: dict | None = None
+
+    def frame(self):
+        """The history as a pandas DataFrame (one row per logged step or validation)."""
+        import pandas as pd
+
+        return pd.DataFrame(self.history)
+
+
+def _autocast(cfg: TrainConfig):
+    device_type = "cuda" if str(cfg.device).startswith("cuda") else "cpu"
+    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=cfg.dtype == "bf16")
+
+
+def edit_step(editor, model, batch, cfg: TrainConfig) -> dict[str, torch.Tensor]:
+    """Losses of one micro-batch (reference §3.3): pre-edit logits on x_loc, the edits, post-edit NLL on x'_e
+    and KL on x_loc. Each request is edited alone; returns ``loss``, ``l_edit``, ``l_loc``, ``es``."""
+    kind = editor.kind
+    with torch.no_grad(), _autocast(cfg):
+        pre = losses.forward(model, batch.loc)
+    with _autocast(cfg):
+        edits = editor.edit(model, batch.edit_inner, separate=True)
+        post_outer = edits.forward(model, batch.edit_outer)
+        post_loc = edits.forward(model, batch.loc)
+    labels = batch.edit_outer["labels"]
+    l_edit = losses.nll_per_example(kind, post_outer, labels).mean()
+    l_loc = losses.kl_loc(kind, pre, post_loc, batch.loc)
+    es = losses.correct(kind, post_outer.detach(), labels).float().mean()
+    return {"loss": cfg.c_edit * l_edit + cfg.c_loc * l_loc, "l_edit": l_edit, "l_loc": l_loc, "es": es}
+
+
+def validate(editor, model, batches: list, cfg: TrainConfig) -> dict[str, float]:
+    """Mean loss terms and edit success over fixed validation batches, editor in eval mode (normaliser frozen)."""
+    was = editor.training
+    editor.eval()
+    sums: dict[str, float] = {}
+    for batch in batches:
+        with torch.no_grad():
+            out = edit_step(editor, model, batch, cfg)
+        for k, v in out.items():
+            sums[k] = sums.get(k, 0.0) + float(v) / len(batches)
+    editor.train(was)
+    return sums
+
+
+def _batches(collator: Collator, examples: list[EditExample], size: int, seed: int, device) -> list:
+    rng = random.Random(seed)
+    return [collator(examples[i:i + size], rng).to(device) for i in range(0, len(examples), size)]
+
+
+def train(editor, model, tokenizer, train_set: list[EditExample], val_set: list[EditExample],
+          config: TrainConfig | None = None, out: str | Path | None = None, *, resume: bool = True,
+          progress: bool = True, callback=None) -> TrainResult:
+    """Train ``editor`` for ``model`` (which stays frozen) and return the best editor by validation loss.
+
+    ``out``: folder for ``best/`` (the best editor, ``save_pretrained``), ``checkpoint.pt`` (resume state,
+    written at every validation) and ``history.json``. With ``resume`` and an existing checkpoint, training
+    continues from it. ``callback(step, record)`` is called after every optimiser step.
+    """
+    from tqdm.auto import tqdm
+
+    cfg = config or TrainConfig.for_profile()
+    if any(e.locality is None for e in train_set[:1] + val_set[:1]):
+        raise ValueError("editor training needs a locality example on every request (EditExample.locality)")
+    torch.manual_seed(cfg.seed)
+    device = torch.device(cfg.device)
+    model.to(device).eval()
+    model.requires_grad_(False)
+    editor.to(device).train()
+    collator = Collator.for_model(model, tokenizer, max_length=cfg.max_length)
+    opt = torch.optim.Adam(editor.param_groups(cfg.lr, cfg.lr_lr))
+    params = [p for g in opt.param_groups for p in g["params"]]
+    val_batches = _batches(collator, val_set[:cfg.val_size], cfg.edits_per_step, cfg.seed, device)
+    rng = random.Random(cfg.seed)
+    order: list[int] = []
+    result = TrainResult(editor)
+    state = {"step": 0, "stale": 0, "nonfinite_run": 0, "elapsed": 0.0}
+    out = Path(out) if out is not None else None
+    ckpt = out / "checkpoint.pt" if out is not None else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    if resume and ckpt is not None and ckpt.exists():
+        saved = torch.load(ckpt, map_location=device, weights_only=False)
+        editor.load_state_dict(saved["editor"])
+        opt.load_state_dict(saved["optimizer"])
+        rng.setstate(saved["rng"])
+        torch.set_rng_state(saved["torch_rng"])
+        order, state = saved["order"], saved["state"]
+        result.history, result.best_val, result.best_step = saved["history"], saved["best_val"], saved["best_step"]
+        result.skipped = saved["skipped"]
+
+    def sample() -> list[EditExample]:
+        nonlocal order
+        picked = []
+        while len(picked) < cfg.edits_per_step:
+            if not order:
+                order = list(range(len(train_set)))
+                rng.shuffle(order)
+            picked.append(train_set[order.pop()])
+        return picked
+
+    t0 = time.perf_counter() - state["elapsed"]
+    bar = tqdm(total=cfg.steps, initial=state["step"], desc=f"train {editor.alg}", disable=not progress,
+               mininterval=1.0)
+    while state["step"] < cfg.steps:
+        opt.zero_grad(set_to_none=True)
+        logs = {"loss": 0.0, "l_edit": 0.0, "l_loc": 0.0, "es": 0.0}
+        for _ in range(cfg.accumulate):
+            batch = collator(sample(), rng).to(device)
+            out_ = edit_step(editor, model, batch, cfg)
+            (out_["loss"] / cfg.accumulate).backward()
+            for k in logs:
+                logs[k] += float(out_[k].detach()) / cfg.accumulate
+        grads_ok = math.isfinite(logs["loss"]) and all(
+            p.grad is None or torch.isfinite(p.grad).all() for p in params)
+        if grads_ok:
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            opt.step()
+            state["nonfinite_run"] = 0
+        else:
+            result.skipped += 1
+            state["nonfinite_run"] += 1
+            if state["nonfinite_run"] >= cfg.max_nonfinite:
+                raise NonFiniteTrainingError(
+                    f"{state['nonfinite_run']} consecutive steps had non-finite losses or gradients (last loss "
+                    f"{logs['loss']}); lower lr (now {cfg.lr}) or lr_lr (now {cfg.lr_lr}), or check the data")
+        state["step"] += 1
+        step = state["step"]
+        record = {"step": step, **{k: round(v, 6) for k, v in logs.items()}}
+        bar.update(1)
+        if step % cfg.val_every == 0 or step == cfg.steps:
+            val = validate(editor, model, val_batches, cfg)
+            record.update({f"val_{k}": round(v, 6) for k, v in val.items()})
+            if val["loss"] < result.best_val:
+                result.best_val, result.best_step, state["stale"] = val["loss"], step, 0
+                if out is not None:
+                    editor.save_pretrained(out / "best")
+                else:
+                    result.best_state = {k: v.detach().clone() for k, v in editor.state_dict().items()}
+            else:
+                state["stale"] += cfg.val_every
+            bar.set_postfix(loss=f"{logs['loss']:.3f}", val=f"{val['loss']:.3f}", val_es=f"{val['es']:.2f}")
+        result.history.append(record)
+        state["elapsed"] = time.perf_counter() - t0
+        if "val_loss" in record and ckpt is not None:
+            torch.save({"editor": editor.state_dict(), "optimizer": opt.state_dict(), "rng": rng.getstate(),
+                        "torch_rng": torch.get_rng_state(), "order": order, "state": state,
+                        "history": result.history, "best_val": result.best_val, "best_step": result.best_step,
+                        "skipped": result.skipped, "config": asdict(cfg)}, str(ckpt) + ".tmp")
+            os.replace(str(ckpt) + ".tmp", ckpt)
+        if callback is not None:
+            callback(step, record)
+        if state["stale"] >= cfg.patience:
+            result.stopped = f"early stop: no validation improvement for {state['stale']} steps"
+            break
+        if cfg.time_limit is not None and state["elapsed"] >= cfg.time_limit:
+            result.stopped = f"time limit {cfg.time_limit:.0f} s"
+            break
+    bar.close()
+    result.stopped = result.stopped or "max steps"
+    result.steps, result.seconds = state["step"], state["elapsed"]
+    if out is not None and (out / "best").exists():
+        editor.load_state_dict(type(editor).from_pretrained(out / "best").state_dict())
+        (out / "history.json").write_text(json.dumps({"history": result.history, "best_val": result.best_val,
+                                                      "best_step": result.best_step, "steps": result.steps,
+                                                      "seconds": result.seconds, "skipped": result.skipped,
+                                                      "stopped": result.stopped, "config": asdict(cfg)}))
+    elif result.best_state is not None:
+        editor.load_state_dict(result.best_state)
+    editor.eval()
+    return result
