@@ -10,6 +10,7 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 
 
 def _emit(args, result: dict, human: str) -> None:
@@ -68,27 +69,100 @@ def cmd_zoo(args) -> None:
     _emit(args, {k: card[k] for k in keys}, _card_line(card))
 
 
-def cmd_demo(args) -> None:
-    from mendlab import probe, zoo
+def _editor_dir(path: str) -> tuple[Path, dict]:
+    """The saved editor folder (``DIR`` or ``DIR/best``) and its training card, if any."""
+    root = Path(path)
+    best = root / "best" if (root / "best").exists() else root
+    card_file = best.parent / "train_card.json"
+    return best, (json.loads(card_file.read_text()) if card_file.exists() else {})
+
+
+def cmd_train(args) -> None:
+    from mendlab import experiments
+    from mendlab.train import TrainConfig
+
+    overrides = {k: v for k, v in (("steps", args.steps), ("time_limit", args.time_limit)) if v is not None}
+    cfg = TrainConfig.for_profile(seed=args.seed, **overrides)
+    _, _, _, card = experiments.train_editor(args.model, args.alg, args.variant, args.seed, args.task, args.out,
+                                             cfg, progress=not args.json, force=args.force)
+    human = (f"{card['alg']} editor for {card['model']} ({card['variant']}, seed {card['seed']}): "
+             f"{'cached' if card['cached'] else 'trained'} in {card['seconds']} s, {card['steps']} steps, "
+             f"best validation loss {card['best_val']} at step {card['best_step']} ({card['stopped']})\n"
+             f"saved to {card['path']}")
+    _emit(args, card, human)
+
+
+def _load_editor(args):
+    from mendlab import zoo
+    from mendlab.editors import MEND
+
+    best, card = _editor_dir(args.editor)
+    seed = args.seed if args.seed is not None else card.get("seed", 0)
+    model, tok = zoo.load(args.model, seed=seed if args.model in zoo.names() else None, progress=not args.json)
+    return MEND.from_pretrained(best, model), model, tok, seed, card
+
+
+def cmd_eval(args) -> None:
+    from mendlab import experiments, metrics
 
     t0 = time.perf_counter()
-    card = zoo.build(args.model, seed=args.seed, progress=not args.json)
-    model, tokenizer = zoo.load(card["path"])
-    world = zoo.world_of(card["path"])
+    editor, model, tok, seed, card = _load_editor(args)
+    result = experiments.evaluate_editor(editor, model, tok, args.model, seed=seed, task=card.get("task"),
+                                         split=args.split, n=args.n, n_edits=args.n_edits, progress=not args.json)
+    result = {**metrics.rounded(result, 4), "model": args.model, "seed": seed, "split": args.split,
+              "seconds": round(time.perf_counter() - t0, 1)}
+    human = "\n".join(f"{k:12s} {v}" for k, v in result.items())
+    _emit(args, result, human)
+
+
+def cmd_edit(args) -> None:
+    import pandas as pd
+
+    from mendlab import experiments, tasks, zoo
+    from mendlab.families import get_family
+
+    editor, model, tok, seed, card = _load_editor(args)
+    unrelated = [tuple(u.split("=", 1)) for u in args.unrelated]
+    if not unrelated and args.model in zoo.names():
+        unrelated = tasks.from_world(zoo.world_of(args.model, seed=seed), get_family(model).kind).panel[:1]
+    _, df = experiments.edit_report(editor, model, tok, args.prompt, args.target, args.rephrase, unrelated)
+    with pd.option_context("display.width", 160, "display.max_colwidth", 50):
+        human = df.round(4).to_string(index=False)
+    _emit(args, {"rows": df.round(6).to_dict(orient="records")}, human)
+
+
+def cmd_demo(args) -> None:
+    import pandas as pd
+
+    from mendlab import experiments, metrics, probe, zoo
+
+    t0 = time.perf_counter()
+    seed = args.seed or 0
+    editor, model, tok, card = experiments.train_editor(args.model, seed=seed, progress=not args.json)
+    zcard = zoo.build(args.model, seed=seed, progress=False)
+    world = zoo.world_of(args.model, seed=seed)
     subjects = world.subjects_in("test")[: args.subjects]
-    df = probe.knowledge(model, tokenizer, world, subjects)
-    table = probe.summary(df)
-    wrong = df[~df["correct"]].head(8)
-    lines = [_card_line(card), "", f"What {args.model} knows about {len(subjects)} test-split subjects "
-             "(greedy answers; the held-out template was never trained):", table.to_string(), ""]
-    lines.append("Where it is wrong:" if len(wrong) else "It answers every probe correctly.")
-    lines += [f"  {r.prompt!r:55s} → {r.prediction!r:16s} (truth {r.truth!r})" for r in wrong.itertuples()]
-    lines += ["", "Editing this model with MEND comes next in the course (notebooks 01-03)."]
-    result = {"model": args.model, "path": card["path"], "params": card["params"],
-              "acc_train": card["acc_train"], "acc_heldout_template": card["acc_heldout_template"],
-              "probe_acc_trained": round(float(df[~df.heldout_template].correct.mean()), 4),
-              "probe_acc_heldout": round(float(df[df.heldout_template].correct.mean()), 4),
-              "n_wrong": int((~df.correct).sum()), "seconds": round(time.perf_counter() - t0, 1)}
+    df = probe.knowledge(model, tok, world, subjects)
+    lines = [_card_line(zcard), f"what it knows about {len(subjects)} test-split subjects:",
+             probe.summary(df).to_string(), "",
+             f"MEND editor: {card['editor_params']:,} parameters, {'cached' if card['cached'] else 'trained'} "
+             f"({card['train_seconds']} s of training, {card['steps']} steps)", "",
+             "Edits of facts the editor never saw (test-split subjects):"]
+    t = experiments._task_for(args.model, model, None, seed)
+    shown = []
+    for e in t.test[: args.edits]:
+        _, rep = experiments.edit_report(editor, model, tok, e.prompt, e.target,
+                                         e.rephrases[:1] + e.heldout_rephrases[:1], [t.panel[0]])
+        shown.append(rep.assign(request=e.prompt))
+    with pd.option_context("display.width", 160, "display.max_colwidth", 45):
+        table = pd.concat(shown)[["role", "prompt", "expected", "answer_before", "answer_after", "p_after"]]
+        lines.append(table.round(3).to_string(index=False))
+    result = experiments.evaluate_editor(editor, model, tok, args.model, seed=seed, n=args.n,
+                                         progress=not args.json)
+    result = metrics.rounded(result, 4)
+    lines += ["", f"Held-out evaluation on {result['n']} edits (each alone):",
+              "  ".join(f"{k}={result[k]}" for k in metrics.KEYS)]
+    result = {**result, "model": args.model, "seed": seed, "seconds": round(time.perf_counter() - t0, 1)}
     _emit(args, result, "\n".join(lines))
 
 
@@ -114,10 +188,47 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--json", action="store_true")
     z.set_defaults(func=cmd_zoo)
 
-    d = sub.add_parser("demo", help="the main job: world, tiny model, what it knows")
+    t = sub.add_parser("train", help="train an editor for a model (cached by configuration)")
+    t.add_argument("--model", default="tiny-gpt2", help="zoo name or local model folder")
+    t.add_argument("--alg", default="mend", choices=("mend",))
+    t.add_argument("--variant", default="mend", help="mend, no_share, no_norm, no_id_init, only_u, only_delta, "
+                                                       "only_smaller")
+    t.add_argument("--task", default=None, help="qa or gen for decoders (default qa), claim for classifiers")
+    t.add_argument("--seed", type=int, default=0, help="world, base model and editor seed")
+    t.add_argument("--out", default=None, help="folder (default: in the cache)")
+    t.add_argument("--steps", type=int, default=None)
+    t.add_argument("--time-limit", type=float, default=None, help="seconds")
+    t.add_argument("--force", action="store_true", help="retrain even when cached")
+    t.add_argument("--json", action="store_true")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="evaluate a trained editor on held-out edits")
+    e.add_argument("--model", default="tiny-gpt2")
+    e.add_argument("--editor", required=True, help="folder written by `mendlab train`")
+    e.add_argument("--n-edits", type=int, default=1, help="edits applied together (batch editing)")
+    e.add_argument("--n", type=int, default=None, help="evaluate only the first N requests")
+    e.add_argument("--split", default="test", choices=("val", "test"))
+    e.add_argument("--seed", type=int, default=None, help="default: the editor's training seed")
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=cmd_eval)
+
+    ed = sub.add_parser("edit", help="edit one fact you type and show before/after")
+    ed.add_argument("--model", default="tiny-gpt2")
+    ed.add_argument("--editor", required=True)
+    ed.add_argument("--prompt", required=True)
+    ed.add_argument("--target", required=True)
+    ed.add_argument("--rephrase", action="append", default=[], help="an equivalent prompt (repeatable)")
+    ed.add_argument("--unrelated", action="append", default=[], help="PROMPT=ANSWER that must not change")
+    ed.add_argument("--seed", type=int, default=None)
+    ed.add_argument("--json", action="store_true")
+    ed.set_defaults(func=cmd_edit)
+
+    d = sub.add_parser("demo", help="the main job: world, tiny model, train MEND, edit, evaluate")
     d.add_argument("--model", default="tiny-gpt2")
     d.add_argument("--seed", type=int, default=None)
-    d.add_argument("--subjects", type=int, default=10, help="test-split subjects to probe")
+    d.add_argument("--subjects", type=int, default=5, help="test-split subjects to probe")
+    d.add_argument("--edits", type=int, default=3, help="edits to show before/after")
+    d.add_argument("--n", type=int, default=None, help="evaluate only the first N held-out edits")
     d.add_argument("--json", action="store_true")
     d.set_defaults(func=cmd_demo)
     return p

@@ -125,7 +125,7 @@ class LRLinear(nn.Module):
             nn.init.ones_(self.scale.weight)
             nn.init.zeros_(self.shift.weight)
 
-    def forward(self, z: torch.Tensor, mode: int | None = None) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, mode: int | torch.Tensor | None = None) -> torch.Tensor:
         a = (z @ self.v.T) @ self.u.T + self.bias
         if self.scale is not None:
             a = a * self.scale.weight[mode] + self.shift.weight[mode]
@@ -208,6 +208,29 @@ class EditorNet(nn.Module):
         """Pseudo-activations and pseudo-deltas for the rows of weight ``name`` (float32)."""
         key, mode = self.route[name]
         return self.transforms[key](u.float(), delta.float(), mode)
+
+    def forward_all(self, rows: dict[str, tuple[torch.Tensor, torch.Tensor]]
+                    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """The same for every edited weight at once: the rows of all weights sharing a transform go through it
+        in one pass, each row with its own layer's scale and offset. (The official code loops over layers and
+        folds each layer's rows into the shared normaliser before normalising it; here one batch's rows are
+        folded in together. Identical in eval mode.)"""
+        groups: dict[str, list[str]] = {}
+        for name in self.names:
+            groups.setdefault(self.route[name][0], []).append(name)
+        out = {}
+        for key, members in groups.items():
+            sizes = [rows[n][0].shape[0] for n in members]
+            u = torch.cat([rows[n][0] for n in members]).float()
+            d = torch.cat([rows[n][1] for n in members]).float()
+            mode = self.route[members[0]][1]
+            if mode is not None and len(members) > 1:
+                mode = torch.cat([torch.full((s,), self.route[n][1], dtype=torch.long, device=u.device)
+                                  for n, s in zip(members, sizes, strict=True)])
+            ut, dt = self.transforms[key](u, d, mode)
+            for n, a, b in zip(members, ut.split(sizes), dt.split(sizes), strict=True):
+                out[n] = (a, b)
+        return out
 
     def step_size(self, name: str) -> torch.Tensor:
         return self.edit_lrs[self.names.index(name)]

@@ -72,9 +72,10 @@ class MEND(nn.Module):
             loss = (nll_per_example(self.kind, logits, enc["labels"]).sum() if separate
                     else nll(self.kind, logits, enc["labels"]))
             rows = cap.rows(loss)
+        pseudo = self.net.forward_all({n: (r.u, r.delta) for n, r in rows.items()})
         factors = {}
         for name in self.names:
-            u, delta = self.net(name, rows[name].u, rows[name].delta)
+            u, delta = pseudo[name]
             alpha = self.net.step_size(name)
             factors[name] = Factors((-alpha if self.descent else alpha) * delta, u, self.conv1d[name])
         n = int(enc["input_ids"].shape[0])

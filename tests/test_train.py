@@ -1,0 +1,63 @@
+"""Algorithm 1: training runs and saves the best editor, resumes after an interruption, stops on NaN."""
+
+import json
+
+import pytest
+import torch
+
+from mendlab import tasks
+from mendlab.editors import MEND
+from mendlab.nets import NetConfig
+from mendlab.train import NonFiniteTrainingError, TrainConfig, train
+
+CFG = TrainConfig(steps=12, edits_per_step=4, val_every=4, val_size=8, patience=100, lr=1e-3)
+
+
+def _setup(micro):
+    model, tok, world = micro("gpt2")
+    t = tasks.from_world(world, "decoder")
+    torch.manual_seed(0)
+    return MEND.for_model(model, NetConfig(rank=16)), model, tok, t
+
+
+def test_train_saves_best_and_history(micro, tmp_path):
+    editor, model, tok, t = _setup(micro)
+    result = train(editor, model, tok, t.train, t.val, CFG, out=tmp_path, progress=False)
+    assert result.steps == 12 and result.stopped == "max steps"
+    assert (tmp_path / "best" / "editor.safetensors").exists()
+    hist = json.loads((tmp_path / "history.json").read_text())
+    vals = [r["val_loss"] for r in hist["history"] if "val_loss" in r]
+    assert len(vals) == 3 and result.best_val == pytest.approx(min(vals), abs=1e-5)
+    assert not any(p.requires_grad for p in model.parameters())
+    assert result.frame().shape[0] == 12
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_resume_after_interruption_reaches_the_same_best(micro, tmp_path):
+    editor, model, tok, t = _setup(micro)
+    full = train(editor, model, tok, t.train, t.val, CFG, out=tmp_path / "a", progress=False)
+
+    def crash(step, record):
+        if step == 6:
+            raise Interrupted
+
+    editor, *_ = _setup(micro)
+    with pytest.raises(Interrupted):
+        train(editor, model, tok, t.train, t.val, CFG, out=tmp_path / "b", progress=False, callback=crash)
+    editor, *_ = _setup(micro)  # a fresh process would start from a fresh editor
+    resumed = train(editor, model, tok, t.train, t.val, CFG, out=tmp_path / "b", progress=False)
+    assert resumed.steps == 12
+    assert resumed.best_val == pytest.approx(full.best_val, rel=1e-4)
+    assert len(resumed.history) == len(full.history)
+
+
+def test_persistent_non_finite_steps_stop_training(micro):
+    editor, model, tok, t = _setup(micro)
+    with torch.no_grad():
+        editor.net.edit_lrs.fill_(float("nan"))
+    cfg = TrainConfig(steps=10, edits_per_step=2, val_every=100, val_size=2, max_nonfinite=3)
+    with pytest.raises(NonFiniteTrainingError, match="3 consecutive"):
+        train(editor, model, tok, t.train, t.val, cfg, progress=False)
