@@ -176,7 +176,10 @@ class Collator:
         from mendlab.families import get_family
 
         kind = get_family(model).kind
-        return cls(tokenizer, kind, decoder_start_token_id=getattr(model.config, "decoder_start_token_id", None), **kw)
+        start = getattr(model.config, "decoder_start_token_id", None)
+        if start is None and kind == "seq2seq":  # HF's T5 convention when a config leaves it unset
+            start = getattr(model.config, "pad_token_id", None)
+        return cls(tokenizer, kind, decoder_start_token_id=start, **kw)
 
     def _pad(self, rows: list[list[int]], value: int) -> torch.Tensor:
         width = max(len(r) for r in rows)

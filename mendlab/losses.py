@@ -66,7 +66,7 @@ def kl_loc(kind: str, pre: torch.Tensor, post: torch.Tensor, enc: dict) -> torch
     """KL(pre ‖ post) on the locality input, reference §5.4.
 
     Sequences: full-vocabulary KL per position, averaged over the positions the mask keeps
-    (``decoder_attention_mask`` for encoder-decoders, else ``attention_mask``; logits are not shifted).
+    (``decoder_attention_mask`` for encoder-decoders; for decoders the positions that predict a label).
     Classifier: the Bernoulli KL averaged over the batch. Float32.
     """
     pre, post = pre.float(), post.float()
@@ -74,7 +74,15 @@ def kl_loc(kind: str, pre: torch.Tensor, post: torch.Tensor, enc: dict) -> torch
         p, lq, lp = torch.sigmoid(pre), F.logsigmoid(post), F.logsigmoid(pre)
         lq0, lp0 = F.logsigmoid(-post), F.logsigmoid(-pre)
         return (p * (lp - lq) + (1 - p) * (lp0 - lq0)).mean()
-    mask = enc.get("decoder_attention_mask", enc["attention_mask"]).float()
+    if kind == "decoder" and "labels" in enc:
+        # Departure: a decoder's question-answer x_loc is scored on its answer positions (the paper's seq2seq
+        # definition, KL on y_loc given x_loc); language-modelling x_loc is labelled everywhere, so it keeps the
+        # autoregressive definition over all its tokens. The official code averages over every prompt token
+        # too, which dilutes the positions where an answer can flip.
+        pre, post = pre[:, :-1], post[:, :-1]
+        mask = (enc["labels"][:, 1:] != -100).float()
+    else:
+        mask = enc.get("decoder_attention_mask", enc["attention_mask"]).float()
     lp, lq = torch.log_softmax(pre, -1), torch.log_softmax(post, -1)
     per_pos = (lp.exp() * (lp - lq)).sum(-1)
     return (per_pos * mask).sum() / mask.sum().clamp(min=1)

@@ -43,6 +43,8 @@ class NetConfig:
     edit_lr: float = 1e-4
 
     def __post_init__(self):
+        if self.rank < 1 or self.n_blocks < 1:
+            raise ValueError(f"rank and n_blocks must be >= 1, got rank={self.rank}, n_blocks={self.n_blocks}")
         if self.init not in ("id", "xavier"):
             raise ValueError(f"init must be 'id' or 'xavier', got {self.init!r}")
         if self.sides not in ("both", "u", "delta", "smaller"):
@@ -142,7 +144,7 @@ class IDMLP(nn.Module):
         super().__init__()
         self.blocks = nn.ModuleList(LRLinear(dim, config.rank, n_modes, config.init) for _ in range(config.n_blocks))
 
-    def forward(self, z: torch.Tensor, mode: int | None = None) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, mode: int | torch.Tensor | None = None) -> torch.Tensor:
         for block in self.blocks:
             z = block(z, mode)
         return z
@@ -162,7 +164,7 @@ class GradientTransform(nn.Module):
         dim = {"both": m + n, "u": m, "delta": n}[sides]
         self.mlp = IDMLP(dim, config, n_modes)
 
-    def forward(self, u: torch.Tensor, delta: torch.Tensor, mode: int | None = None
+    def forward(self, u: torch.Tensor, delta: torch.Tensor, mode: int | torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.norm:
             u, delta = self.u_norm(u), self.d_norm(delta)
