@@ -65,7 +65,7 @@ def train_editor(model_name: str = "tiny-gpt2", alg: str = "mend", variant: str 
             "best_val": round(result.best_val, 5), "stopped": result.stopped, "skipped": result.skipped,
             "editor_params": editor.net.count_parameters(), "profile": prof}
     card_file.write_text(json.dumps(card, indent=1))
-    return editor, model, tok, {**card, "cached": False}
+    return editor.eval(), model, tok, {**card, "cached": False}
 
 
 def evaluate_editor(editor, model, tok, model_name: str, *, seed: int = 0, task: str | None = None,

@@ -25,6 +25,10 @@ def forward(model, enc: dict, params: dict | None = None) -> torch.Tensor:
     return model(**inputs).logits
 
 
+def _up(x: torch.Tensor) -> torch.Tensor:
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def aligned(kind: str, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits and labels paired position by position: [B, T', V] and [B, T'] (decoder: shifted by one)."""
     if kind == "decoder":
@@ -35,9 +39,9 @@ def aligned(kind: str, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torc
 def nll(kind: str, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean negative log-likelihood of the labels: token-weighted mean over labelled positions, or binary NLL.
 
-    Computed in float32 whatever the logits' dtype.
+    Computed in at least float32 (half-precision logits are upcast; float64 stays float64).
     """
-    logits = logits.float()
+    logits = _up(logits)
     if kind == "classifier":
         return F.binary_cross_entropy_with_logits(logits.reshape(-1), labels.float())
     logits, labels = aligned(kind, logits, labels)
@@ -46,7 +50,7 @@ def nll(kind: str, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 def token_nll(kind: str, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-example summed NLL over labelled tokens and the token counts: ([B], [B])."""
-    logits, labels = aligned(kind, logits.float(), labels)
+    logits, labels = aligned(kind, _up(logits), labels)
     mask = labels != -100
     lp = torch.log_softmax(logits, -1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     return -(lp * mask).sum(-1), mask.sum(-1)
@@ -69,7 +73,7 @@ def kl_loc(kind: str, pre: torch.Tensor, post: torch.Tensor, enc: dict) -> torch
     (``decoder_attention_mask`` for encoder-decoders; for decoders the positions that predict a label).
     Classifier: the Bernoulli KL averaged over the batch. Float32.
     """
-    pre, post = pre.float(), post.float()
+    pre, post = _up(pre), _up(post)
     if kind == "classifier":
         p, lq, lp = torch.sigmoid(pre), F.logsigmoid(post), F.logsigmoid(pre)
         lq0, lp0 = F.logsigmoid(-post), F.logsigmoid(-pre)

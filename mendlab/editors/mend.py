@@ -117,6 +117,7 @@ class MEND(nn.Module):
         editor = cls(NetConfig(**cfg["net"]), {n: tuple(s) for n, s in cfg["shapes"].items()}, cfg["conv1d"],
                      cfg["kind"], cfg["base_model"], cfg.get("descent", False))
         editor.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
+        editor.eval()  # ready to edit: in training mode every edit would move the normaliser's statistics
         return editor.to(device) if device is not None else editor
 
     def extra_repr(self) -> str:
