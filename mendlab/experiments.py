@@ -102,7 +102,8 @@ def edit_report(editor, model, tok, prompt: str, target: str, rephrases=(), unre
     from mendlab import probe
     from mendlab.data import EditExample
 
-    edit = editor.edit(model, tok, EditExample(prompt, target)).detach()
+    with torch.no_grad():
+        edit = editor.edit(model, tok, EditExample(prompt, target)).detach()
     checks = ([("edit", prompt, target)] + [("rephrase", r, target) for r in rephrases]
               + [("unrelated", p, a) for p, a in unrelated])
     prompts = [p for _, p, _ in checks]

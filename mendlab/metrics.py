@@ -84,13 +84,13 @@ def evaluate(editor, model, tokenizer, examples: Sequence[EditExample], panel: l
         members = list(examples[start:start + group])
         inner = enc_of([(e.prompt, e.target) for e in members])
         t0 = time.perf_counter()
-        with torch.enable_grad():
-            if separate:
-                edits = editor.edit(model, inner, separate=True)
-            elif n_edits == 1:
-                edits = [editor.edit(model, enc_of([(e.prompt, e.target)])) for e in members]
-            else:
-                edits = editor.edit(model, inner)
+        # editors switch gradients on where they need them (MEND: only for the base model's backward)
+        if separate:
+            edits = editor.edit(model, inner, separate=True)
+        elif n_edits == 1:
+            edits = [editor.edit(model, enc_of([(e.prompt, e.target)])) for e in members]
+        else:
+            edits = editor.edit(model, inner)
         edit_s += time.perf_counter() - t0
         edits = _detach(edits)
 

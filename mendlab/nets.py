@@ -127,8 +127,20 @@ class LRLinear(nn.Module):
             nn.init.ones_(self.scale.weight)
             nn.init.zeros_(self.shift.weight)
 
+    def _dense(self) -> torch.Tensor:
+        """Vᵀ Uᵀ [D, D], cached until the parameters change (their in-place version counters move)."""
+        key = (self.u._version, self.v._version, self.u.data_ptr(), self.v.data_ptr())
+        if getattr(self, "_dense_key", None) != key:
+            self._dense_cache = (self.v.T @ self.u.T).detach()
+            self._dense_key = key
+        return self._dense_cache
+
     def forward(self, z: torch.Tensor, mode: int | torch.Tensor | None = None) -> torch.Tensor:
-        a = (z @ self.v.T) @ self.u.T + self.bias
+        if not torch.is_grad_enabled() and 2 * self.v.shape[0] > self.v.shape[1]:
+            # Editing without training: when r > D/2 one D×D product per row is cheaper than the two factors.
+            a = z @ self._dense() + self.bias
+        else:
+            a = (z @ self.v.T) @ self.u.T + self.bias
         if self.scale is not None:
             a = a * self.scale.weight[mode] + self.shift.weight[mode]
         # clamp, not relu: at identity init every pre-activation is exactly 0, where relu's gradient is 0 and
