@@ -192,6 +192,10 @@ class EditSet:
             out[n] = Factors(f.delta[keep], f.u[keep], f.conv1d)
         return Edit(out, meta=dict(self.meta, index=b))
 
+    def detach(self) -> EditSet:
+        return EditSet({n: Factors(f.delta.detach(), f.u.detach(), f.conv1d) for n, f in self.factors.items()},
+                       self.owner, self.size, dict(self.meta))
+
     def merged(self) -> Edit:
         """All B edits summed into one (batch editing)."""
         return Edit(dict(self.factors), meta=dict(self.meta))

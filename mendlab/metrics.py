@@ -142,14 +142,7 @@ def evaluate(editor, model, tokenizer, examples: Sequence[EditExample], panel: l
 
 
 def _detach(edits):
-    if isinstance(edits, list):
-        return [e.detach() for e in edits]
-    if hasattr(edits, "owner"):  # EditSet
-        from mendlab.edit import EditSet, Factors
-
-        return EditSet({n: Factors(f.delta.detach(), f.u.detach(), f.conv1d) for n, f in edits.factors.items()},
-                       edits.owner, edits.size, edits.meta)
-    return edits.detach()
+    return [e.detach() for e in edits] if isinstance(edits, list) else edits.detach()
 
 
 def _mean(series) -> float | None:
