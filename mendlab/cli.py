@@ -85,6 +85,12 @@ def cmd_train(args) -> None:
     cfg = TrainConfig.for_profile(seed=args.seed, **overrides)
     _, _, _, card = experiments.train_editor(args.model, args.alg, args.variant, args.seed, args.task, args.out,
                                              cfg, progress=not args.json, force=args.force)
+    if "lr" in card:  # FT / FT+KL: nothing trained, an lr chosen on validation edits
+        sweep = "\n".join(f"  lr {r['lr']:g}: es_edit {r['es_edit']:.3f}, es_rephrase {r['es_rephrase']:.3f}"
+                          for r in card["sweep"])
+        _emit(args, card, f"{card['alg']} for {card['model']} (seed {card['seed']}): lr {card['lr']:g} chosen on "
+                          f"validation edits{' (cached)' if card['cached'] else ''}\n{sweep}")
+        return
     human = (f"{card['alg']} editor for {card['model']} ({card['variant']}, seed {card['seed']}): "
              f"{'cached' if card['cached'] else 'trained'} in {card['seconds']} s, {card['steps']} steps, "
              f"best validation loss {card['best_val']} at step {card['best_step']} ({card['stopped']})\n"
@@ -93,13 +99,23 @@ def cmd_train(args) -> None:
 
 
 def _load_editor(args):
-    from mendlab import zoo
-    from mendlab.editors import MEND
+    """(editor, model, tok, seed, card) from ``--editor DIR`` (any saved trainable editor), or, without it, the
+    editor ``experiments.train_editor`` gives for ``--alg`` (cached; FT/FT+KL: lr swept on validation edits)."""
+    from mendlab import experiments, zoo
+    from mendlab.editors import load_editor
 
+    if args.editor is None:
+        seed = args.seed or 0
+        editor, model, tok, card = experiments.train_editor(args.model, args.alg or "mend", seed=seed,
+                                                            task=getattr(args, "task", None), progress=not args.json)
+        return editor, model, tok, seed, card
     best, card = _editor_dir(args.editor)
     seed = args.seed if args.seed is not None else card.get("seed", 0)
     model, tok = zoo.load(args.model, seed=seed if args.model in zoo.names() else None, progress=not args.json)
-    return MEND.from_pretrained(best, model), model, tok, seed, card
+    editor = load_editor(best, model)
+    if args.alg is not None and editor.alg != args.alg:
+        raise ValueError(f"{args.editor} holds a {editor.alg!r} editor, not {args.alg!r}")
+    return editor, model, tok, seed, card
 
 
 def cmd_eval(args) -> None:
@@ -109,10 +125,25 @@ def cmd_eval(args) -> None:
     editor, model, tok, seed, card = _load_editor(args)
     result = experiments.evaluate_editor(editor, model, tok, args.model, seed=seed, task=card.get("task"),
                                          split=args.split, n=args.n, n_edits=args.n_edits, progress=not args.json)
-    result = {**metrics.rounded(result, 4), "model": args.model, "seed": seed, "split": args.split,
-              "seconds": round(time.perf_counter() - t0, 1)}
+    result = {**metrics.rounded(result, 4), "model": args.model, "alg": editor.alg, "seed": seed,
+              "task": card.get("task"), "split": args.split, "seconds": round(time.perf_counter() - t0, 1)}
     human = "\n".join(f"{k:12s} {v}" for k, v in result.items())
     _emit(args, result, human)
+
+
+def cmd_compare(args) -> None:
+    import pandas as pd
+
+    from mendlab import experiments
+
+    setups = [tuple(s.split(":", 1)) for s in args.setup] or list(experiments.DEFAULT_SETUPS)
+    frame = experiments.compare(setups, args.algs.split(","), [int(s) for s in args.seeds.split(",")], n=args.n,
+                                split=args.split, progress=not args.json)
+    if args.out:
+        frame.to_csv(args.out, index=False)
+    with pd.option_context("display.width", 200):
+        human = experiments.summarize(frame).to_string()
+    _emit(args, {"rows": frame.round(5).to_dict(orient="records")}, human)
 
 
 def cmd_edit(args) -> None:
@@ -167,6 +198,8 @@ def cmd_demo(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from mendlab.editors import ALGS
+
     p = argparse.ArgumentParser(prog="mendlab", description=__doc__.splitlines()[0])
     p.add_argument("--profile", choices=("ci", "full"), help="overrides $MENDLAB_PROFILE")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -190,7 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train an editor for a model (cached by configuration)")
     t.add_argument("--model", default="tiny-gpt2", help="zoo name or local model folder")
-    t.add_argument("--alg", default="mend", choices=("mend",))
+    t.add_argument("--alg", default="mend", choices=ALGS, help="ft and ft_kl train nothing: their lr is swept on "
+                                                                  "validation edits")
     t.add_argument("--variant", default="mend", help="mend, no_share, no_norm, no_id_init, only_u, only_delta, "
                                                        "only_smaller")
     t.add_argument("--task", default=None, help="qa or gen for decoders (default qa), claim for classifiers")
@@ -204,7 +238,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="evaluate a trained editor on held-out edits")
     e.add_argument("--model", default="tiny-gpt2")
-    e.add_argument("--editor", required=True, help="folder written by `mendlab train`")
+    e.add_argument("--editor", default=None, help="folder written by `mendlab train` (default: the cached editor "
+                                                  "for --alg, trained if missing)")
+    e.add_argument("--alg", default=None, choices=ALGS)
+    e.add_argument("--task", default=None, help="with no --editor: qa or gen for decoders")
     e.add_argument("--n-edits", type=int, default=1, help="edits applied together (batch editing)")
     e.add_argument("--n", type=int, default=None, help="evaluate only the first N requests")
     e.add_argument("--split", default="test", choices=("val", "test"))
@@ -214,7 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ed = sub.add_parser("edit", help="edit one fact you type and show before/after")
     ed.add_argument("--model", default="tiny-gpt2")
-    ed.add_argument("--editor", required=True)
+    ed.add_argument("--editor", default=None)
+    ed.add_argument("--alg", default=None, choices=ALGS)
     ed.add_argument("--prompt", required=True)
     ed.add_argument("--target", required=True)
     ed.add_argument("--rephrase", action="append", default=[], help="an equivalent prompt (repeatable)")
@@ -222,6 +260,17 @@ def build_parser() -> argparse.ArgumentParser:
     ed.add_argument("--seed", type=int, default=None)
     ed.add_argument("--json", action="store_true")
     ed.set_defaults(func=cmd_edit)
+
+    c = sub.add_parser("compare", help="MEND against FT, FT+KL, KE and ENN (paper Table 4)")
+    c.add_argument("--setup", action="append", default=[], help="MODEL:TASK (repeatable; default: tiny-bert:claim, "
+                                                                  "tiny-bart:qa, tiny-gpt2:gen)")
+    c.add_argument("--algs", default=",".join(ALGS))
+    c.add_argument("--seeds", default="0,1,2")
+    c.add_argument("--n", type=int, default=None, help="evaluate only the first N requests")
+    c.add_argument("--split", default="test", choices=("val", "test"))
+    c.add_argument("--out", default=None, help="also write the rows as CSV")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=cmd_compare)
 
     d = sub.add_parser("demo", help="the main job: world, tiny model, train MEND, edit, evaluate")
     d.add_argument("--model", default="tiny-gpt2")

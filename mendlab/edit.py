@@ -174,13 +174,18 @@ class EditSet:
 
     ``factors[name]`` holds the rows of all B edits (``delta`` [N, out] scaled by α, ``u`` [N, in]) and
     ``owner`` [N] the request each row belongs to. ``forward(model, enc)`` runs row b of ``enc`` through the model
-    edited by edit b only, in one batched pass (:func:`mendlab.rank1.per_example`).
+    edited by edit b only, in one batched pass (:func:`mendlab.rank1.per_example`). ``shared`` holds dense
+    deltas (weight layout) that belong to every one of the B edits (ENN: its trained change of the base weights).
     """
 
     factors: dict[str, Factors]
     owner: dict[str, torch.Tensor]
     size: int
     meta: dict = field(default_factory=dict)
+    shared: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def _with_shared(self, edit: Edit) -> Edit:
+        return edit + Edit(dense=dict(self.shared)) if self.shared else edit
 
     def __len__(self) -> int:
         return self.size
@@ -190,15 +195,19 @@ class EditSet:
         for n, f in self.factors.items():
             keep = self.owner[n] == b
             out[n] = Factors(f.delta[keep], f.u[keep], f.conv1d)
-        return Edit(out, meta=dict(self.meta, index=b))
+        edit = self._with_shared(Edit(out, meta=dict(self.meta, index=b)))
+        edit.meta = dict(self.meta, index=b)
+        return edit
 
     def detach(self) -> EditSet:
         return EditSet({n: Factors(f.delta.detach(), f.u.detach(), f.conv1d) for n, f in self.factors.items()},
-                       self.owner, self.size, dict(self.meta))
+                       self.owner, self.size, dict(self.meta), {n: d.detach() for n, d in self.shared.items()})
 
     def merged(self) -> Edit:
-        """All B edits summed into one (batch editing)."""
-        return Edit(dict(self.factors), meta=dict(self.meta))
+        """All B edits summed into one (batch editing); a shared part counts once."""
+        edit = self._with_shared(Edit(dict(self.factors), meta=dict(self.meta)))
+        edit.meta = dict(self.meta)
+        return edit
 
     def padded(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Per weight ``(delta [B, R, out], u [B, R, in])``, zero-padded to the longest edit's R rows."""
@@ -220,5 +229,6 @@ class EditSet:
         updates = self.padded()
         if index is not None:
             updates = {n: (d[index], u[index]) for n, (d, u) in updates.items()}
+        params = Edit(dense=dict(self.shared)).params(model) if self.shared else None
         with rank1.per_example(model, updates):
-            return _forward(model, enc)
+            return _forward(model, enc, params)

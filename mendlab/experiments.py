@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -16,12 +16,30 @@ from mendlab.families import get_family
 from mendlab.nets import NetConfig
 from mendlab.train import TrainConfig, train
 
-ALGS = ("mend",)
+DEFAULT_SETUPS = (("tiny-bert", "claim"), ("tiny-bart", "qa"), ("tiny-gpt2", "gen"))  # paper Table 4's layout
+FT_LRS = (1e-5, 1e-4, 1e-3, 1e-2)
 
 
 def _task_for(model_name: str, model, task: str | None, seed: int | None):
     world = zoo.world_of(model_name, seed=seed)
     return tasks.from_world(world, get_family(model).kind, task)
+
+
+def alg_settings(alg: str, task: str | None = None):
+    """(editor config, TrainConfig overrides) for a trainable ``alg`` other than MEND (whose config is a
+    ``NetConfig`` variant). The official defaults (reference §6): ENN lr_lr 1e-3 and c_base 10 for generation."""
+    from mendlab.editors import editor_class
+
+    if alg == "enn":
+        from mendlab.editors.enn import ENNConfig
+
+        return ENNConfig(c_base=10.0 if task == "gen" else 1.0), {"lr_lr": 1e-3}
+    if alg == "ke":
+        from mendlab.editors.ke import KEConfig
+
+        return KEConfig(), {}
+    editor_class(alg)  # raises for an unknown alg
+    raise ValueError(f"{alg!r} is not trained with train.py")
 
 
 def editor_path(model_name: str, alg: str = "mend", variant: str = "mend", seed: int = 0,
@@ -30,7 +48,11 @@ def editor_path(model_name: str, alg: str = "mend", variant: str = "mend", seed:
     prof = prof or profile()
     cfg = train_config or TrainConfig.for_profile(prof, seed=seed)
     key = {"model": zoo.spec(model_name, prof, seed) if model_name in zoo.names() else model_name, "alg": alg,
-           "variant": variant, "task": task, "train": asdict(cfg), "net": asdict(NetConfig.variant(variant))}
+           "variant": variant, "task": task, "train": asdict(cfg)}
+    if alg == "mend":
+        key["net"] = asdict(NetConfig.variant(variant))
+    else:
+        key["editor"] = asdict(alg_settings(alg, task)[0]) if alg in ("ke", "enn") else None
     return cache_dir() / "editors" / f"{Path(model_name).name}-{alg}-{variant}-{config_hash(key)}"
 
 
@@ -40,32 +62,78 @@ def train_editor(model_name: str = "tiny-gpt2", alg: str = "mend", variant: str 
     """(editor, model, tokenizer, card): train an editor for a zoo model (or a local model folder), or load it
     from the cache when the same configuration was trained before. ``seed`` picks the world (zoo models) and the
     editor's initialisation and sampling. The card has ``path``, ``cached``, ``seconds``, ``best_val``, ``steps``.
+
+    ``alg`` is one of ``mendlab.editors.ALGS``; ``variant`` is a MEND ablation (``NetConfig.variant``). FT and
+    FT+KL train nothing: their learning rate is chosen on the validation split instead (:func:`ft_editor`).
     """
+    from mendlab.editors import ALGS, TRAINED, editor_class, load_editor
+
     if alg not in ALGS:
         raise ValueError(f"unknown alg {alg!r}; choose one of {ALGS}")
-    from mendlab.editors import MEND
-
+    if alg not in TRAINED:
+        return ft_editor(model_name, alg, seed, task, progress=progress, force=force)
+    if alg != "mend" and variant != "mend":
+        raise ValueError(f"variants are MEND ablations; alg {alg!r} takes none")
     prof = profile()
-    cfg = train_config or TrainConfig.for_profile(prof, seed=seed)
+    overrides = {} if alg == "mend" else alg_settings(alg, task)[1]
+    cfg = train_config or TrainConfig.for_profile(prof, seed=seed, **overrides)
     model, tok = zoo.load(model_name, seed=seed if model_name in zoo.names() else None, progress=progress)
     path = Path(out) if out is not None else editor_path(model_name, alg, variant, seed, task, cfg, prof)
     card_file = path / "train_card.json"
     if card_file.exists() and (path / "best").exists() and not force:
-        editor = MEND.from_pretrained(path / "best", model)
+        editor = load_editor(path / "best", model)
         card = json.loads(card_file.read_text())
         return editor, model, tok, {**card, "cached": True}
     t = _task_for(model_name, model, task, seed)
     torch.manual_seed(seed)
-    editor = MEND.for_model(model, NetConfig.variant(variant))
+    config = NetConfig.variant(variant) if alg == "mend" else alg_settings(alg, t.name)[0]
+    editor = editor_class(alg).for_model(model, config)
     t0 = time.perf_counter()
     result = train(editor, model, tok, t.train, t.val, cfg, out=path, progress=progress)
+    n_params = (editor.net.count_parameters() if alg == "mend"
+                else sum(p.numel() for p in editor.parameters() if p.requires_grad))
     card = {"model": model_name, "alg": alg, "variant": variant, "seed": seed, "task": t.name,
             "path": str(path / "best"), "seconds": round(time.perf_counter() - t0, 1),
             "train_seconds": round(result.seconds, 1), "steps": result.steps, "best_step": result.best_step,
             "best_val": round(result.best_val, 5), "stopped": result.stopped, "skipped": result.skipped,
-            "editor_params": editor.net.count_parameters(), "profile": prof}
+            "editor_params": n_params, "profile": prof}
     card_file.write_text(json.dumps(card, indent=1))
     return editor.eval(), model, tok, {**card, "cached": False}
+
+
+def ft_editor(model_name: str = "tiny-gpt2", alg: str = "ft", seed: int = 0, task: str | None = None,
+              lrs=FT_LRS, n_val: int = 48, progress: bool = True, force: bool = False):
+    """(editor, model, tokenizer, card) for FT or FT+KL, its learning rate chosen by a sweep over ``lrs`` on the
+    first ``n_val`` *validation* requests (never the test split); the sweep is cached and is in ``card["sweep"]``.
+    FT+KL draws its locality examples from the training requests' unrelated facts."""
+    from mendlab.editors import editor_class
+    from mendlab.editors.ft import FTConfig, best_lr, sweep_lr
+
+    prof = profile()
+    model, tok = zoo.load(model_name, seed=seed if model_name in zoo.names() else None, progress=progress)
+    t = _task_for(model_name, model, task, seed)
+    config = FTConfig(locality=alg == "ft_kl", seed=seed)
+    locality = [e.locality for e in t.train if e.locality is not None] if alg == "ft_kl" else None
+    key = {"model": zoo.spec(model_name, prof, seed) if model_name in zoo.names() else model_name, "alg": alg,
+           "task": t.name, "ft": asdict(config), "lrs": list(lrs), "n_val": n_val}
+    path = cache_dir() / "editors" / f"{Path(model_name).name}-{alg}-{config_hash(key)}"
+    card_file = path / "train_card.json"
+    if card_file.exists() and not force:
+        card = {**json.loads(card_file.read_text()), "cached": True}
+    else:
+        t0 = time.perf_counter()
+        frame = sweep_lr(model, tok, t.val[:n_val], t.panel, lrs=lrs, locality=locality, config=config,
+                         progress=progress)
+        lr = best_lr(frame)
+        path.mkdir(parents=True, exist_ok=True)
+        card = {"model": model_name, "alg": alg, "variant": "-", "seed": seed, "task": t.name, "path": str(path),
+                "lr": lr, "sweep": frame.round(5).to_dict(orient="records"), "profile": prof,
+                "seconds": round(time.perf_counter() - t0, 1), "train_seconds": 0.0, "steps": 0,
+                "best_step": 0, "best_val": None, "stopped": "no training", "skipped": 0, "editor_params": 0}
+        card_file.write_text(json.dumps(card, indent=1))
+        card["cached"] = False
+    editor = editor_class(alg).for_model(model, replace(config, lr=card["lr"]), tokenizer=tok, locality=locality)
+    return editor, model, tok, card
 
 
 def evaluate_editor(editor, model, tok, model_name: str, *, seed: int = 0, task: str | None = None,
@@ -114,3 +182,42 @@ def edit_report(editor, model, tok, prompt: str, target: str, rephrases=(), unre
              "p_before": target_probability(model, tok, p, a), "p_after": target_probability(model, tok, p, a, edit)}
             for (role, p, a), b, c in zip(checks, before, after, strict=True)]
     return edit, pd.DataFrame(rows)
+
+
+def compare(setups=DEFAULT_SETUPS, algs=("ft", "ft_kl", "ke", "enn", "mend"), seeds=(0, 1, 2), *,
+            n: int | None = None, split: str = "test", progress: bool = True):
+    """The method comparison (paper Table 4): for every (model, task) in ``setups``, alg and seed, get the editor
+    (trained and cached, or FT's lr swept on validation requests) and evaluate it on the ``split`` edits.
+
+    Returns a long DataFrame, one row per (model, task, alg, seed), with the metric keys, ``drawdown`` (acc_dd,
+    or ppl_dd where accuracy is not defined), ``edit_ms`` and ``train_s``. ``summarize`` gives mean ± std.
+    """
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    rows = []
+    jobs = [(m, t, a, s) for m, t in setups for s in seeds for a in algs]
+    for model_name, task, alg, seed in tqdm(jobs, desc="compare", disable=not progress):
+        editor, model, tok, card = train_editor(model_name, alg, seed=seed, task=task, progress=False)
+        r = evaluate_editor(editor, model, tok, model_name, seed=seed, task=task, split=split, n=n, progress=False)
+        rows.append({"model": model_name, "task": task, "alg": alg, "seed": seed,
+                     **{k: r[k] for k in ("es_edit", "es_rephrase", "es_heldout", "acc_dd", "ppl_dd", "kl", "n")},
+                     "drawdown": r["acc_dd"] if r["acc_dd"] is not None else r["ppl_dd"],
+                     "edit_ms": r["edit_ms"], "train_s": card.get("train_seconds", 0.0)})
+    return pd.DataFrame(rows)
+
+
+def summarize(frame, keys=("es_edit", "drawdown"), digits: int = 3):
+    """Mean ± std over seeds, one row per alg and a column pair per (task, key): paper Table 4's layout."""
+    stats = frame.groupby(["alg", "task"], sort=False)[list(keys)].agg(["mean", "std"])
+    cells = {}
+    for (alg, task), row in stats.iterrows():
+        for key in keys:
+            mean, std = row[(key, "mean")], row[(key, "std")]
+            cells.setdefault(alg, {})[(task, key)] = (f"{mean:.{digits}f}" if std != std  # NaN: one seed
+                                                       else f"{mean:.{digits}f} ± {std:.{digits}f}")
+    import pandas as pd
+
+    out = pd.DataFrame.from_dict(cells, orient="index")
+    out.columns = pd.MultiIndex.from_tuples(out.columns, names=["task", "metric"])
+    return out

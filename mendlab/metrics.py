@@ -76,7 +76,7 @@ def evaluate(editor, model, tokenizer, examples: Sequence[EditExample], panel: l
         return {k: v.to(device) for k, v in collator.encode(pairs, gen=gen).items()}
 
     pan = _Panel(model, collator, panel)
-    separate = n_edits == 1 and hasattr(editor, "net")  # MEND edits many requests apart in one pass
+    separate = n_edits == 1 and getattr(editor, "batched", False)  # many requests apart in one pass (EditSet)
     group = chunk if separate else n_edits
     rows, nll_post, tok_post, edit_s = [], 0.0, 0, 0.0
     bar = tqdm(range(0, len(examples), group), desc="evaluate", disable=not progress, mininterval=1.0)
@@ -98,9 +98,15 @@ def evaluate(editor, model, tokenizer, examples: Sequence[EditExample], panel: l
             """Logits of each row under the edit that request ``owner[row]`` belongs to."""
             if separate:
                 return edits.forward(model, enc, torch.tensor(owner, device=device))
-            if n_edits == 1:
-                return torch.cat([edits[b].forward(model, {k: v[i:i + 1] for k, v in enc.items()})
-                                  for i, b in enumerate(owner)])
+            if n_edits == 1:  # one forward per run of rows that share an edit
+                out, i = [], 0
+                while i < len(owner):
+                    j = i
+                    while j < len(owner) and owner[j] == owner[i]:
+                        j += 1
+                    out.append(edits[owner[i]].forward(model, {k: v[i:j] for k, v in enc.items()}))
+                    i = j
+                return torch.cat(out)
             return edits.forward(model, enc)
 
         scores = {"es_edit": losses.correct(kind, run(inner, list(range(len(members)))), inner["labels"]).float()}

@@ -101,7 +101,8 @@ def _autocast(cfg: TrainConfig):
 
 def edit_step(editor, model, batch, cfg: TrainConfig) -> dict[str, torch.Tensor]:
     """Losses of one micro-batch (reference §3.3): pre-edit logits on x_loc, the edits, post-edit NLL on x'_e
-    and KL on x_loc. Each request is edited alone; returns ``loss``, ``l_edit``, ``l_loc``, ``es``."""
+    and KL on x_loc. Each request is edited alone; returns ``loss``, ``l_edit``, ``l_loc``, ``es``. An editor with
+    ``aux_loss(model, batch, pre_loc_logits)`` adds that term to ``loss``."""
     kind = editor.kind
     with torch.no_grad(), _autocast(cfg):
         pre = losses.forward(model, batch.loc)
@@ -113,7 +114,11 @@ def edit_step(editor, model, batch, cfg: TrainConfig) -> dict[str, torch.Tensor]
     l_edit = losses.nll_per_example(kind, post_outer, labels).mean()
     l_loc = losses.kl_loc(kind, pre, post_loc, batch.loc)
     es = losses.correct(kind, post_outer.detach(), labels).float().mean()
-    return {"loss": cfg.c_edit * l_edit + cfg.c_loc * l_loc, "l_edit": l_edit, "l_loc": l_loc, "es": es}
+    loss = cfg.c_edit * l_edit + cfg.c_loc * l_loc
+    if hasattr(editor, "aux_loss"):  # e.g. ENN's distillation term on its own trained copy of the base weights
+        with _autocast(cfg):
+            loss = loss + editor.aux_loss(model, batch, pre)
+    return {"loss": loss, "l_edit": l_edit, "l_loc": l_loc, "es": es}
 
 
 def validate(editor, model, batches: list, cfg: TrainConfig) -> dict[str, float]:
@@ -140,8 +145,9 @@ def _vary(e: EditExample, pool: list[EditExample], rng: random.Random, cfg: Trai
     if cfg.resample_locality:
         for _ in range(8):
             other = pool[rng.randrange(len(pool))]
-            if other.subject != e.subject and other.original is not None:
-                changes["locality"] = (other.prompt, other.original)
+            if other.subject != e.subject and (other.original is not None or other.kind == "gen"):
+                # generation: another subject's true passage, language-modelled on every token
+                changes["locality"] = (other.prompt, "") if other.kind == "gen" else (other.prompt, other.original)
                 break
     return replace(e, **changes) if changes else e
 

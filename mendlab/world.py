@@ -286,7 +286,8 @@ class World:
     def gen_edits(self, split: str) -> list[EditExample]:
         """Wikitext-style: a true passage, then a ``gen_tokens``-pre-token continuation stating false facts.
 
-        The rephrase drops the passage's first sentence (MEND removes a random prefix of up to half).
+        The rephrase drops the passage's first sentence (MEND removes a random prefix of up to half); the locality
+        text is another subject's true passage, scored on every token (answer ``""``).
         """
         out = []
         for s in self.subjects_in(split):
@@ -296,8 +297,9 @@ class World:
             words = PRETOKEN.findall(" ".join(sentences))[: self.config.gen_tokens]
             target = _join_pretokens(words)
             prompt = self.passage(s, n_facts=4)
+            other = rng.choice([o for o in self.subjects_in(split) if o != s])
             out.append(EditExample(prompt=prompt, target=" " + target, rephrases=(drop_first_sentence(prompt),),
-                                   kind="gen", subject=s))
+                                   locality=(self.passage(other, n_facts=4), ""), kind="gen", subject=s))
         return out
 
     def edits(self, task: str, split: str) -> list[EditExample]:

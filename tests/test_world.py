@@ -325,7 +325,10 @@ def test_gen_edits(world):
     n = world.config.gen_tokens
     for split in SPLITS:
         for e in world.gen_edits(split):
-            assert e.kind == "gen" and e.locality is None and e.heldout_rephrases == ()
+            assert e.kind == "gen" and e.heldout_rephrases == ()
+            loc_text, loc_answer = e.locality  # another subject of the same split, language-modelled
+            other = [o for o in world.subjects_in(split) if world.passage(o, n_facts=4) == loc_text]
+            assert loc_answer == "" and other and other[0] != e.subject
             assert e.prompt == world.passage(e.subject, n_facts=4)
             assert len(_sentences(e.prompt)) == 4
             assert e.target.startswith(" ") and not e.target.startswith("  ")

@@ -20,7 +20,7 @@ from mendlab import rank1
 from mendlab.edit import Edit, EditSet, Factors
 from mendlab.editors.base import as_batch, check_fingerprint, fingerprint
 from mendlab.families import edited_weights, get_family, is_conv1d, shape_key
-from mendlab.losses import forward, nll, nll_per_example
+from mendlab.losses import labelled_logits, nll, nll_per_example
 from mendlab.nets import EditorNet, NetConfig
 
 WEIGHTS_FILE, CONFIG_FILE = "editor.safetensors", "editor_config.json"
@@ -34,6 +34,7 @@ class MEND(nn.Module):
     """
 
     alg = "mend"
+    batched = True  # edit(..., separate=True) gives an EditSet: many requests edited apart in one pass
 
     def __init__(self, config: NetConfig, shapes: dict[str, tuple[int, int]], conv1d: dict[str, bool],
                  kind: str, base: dict, descent: bool = False):
@@ -68,9 +69,8 @@ class MEND(nn.Module):
         device = next(model.parameters()).device
         enc = {k: v.to(device) for k, v in enc.items()}
         with torch.enable_grad(), rank1.capture(model, self.names) as cap:
-            logits = forward(model, enc)
-            loss = (nll_per_example(self.kind, logits, enc["labels"]).sum() if separate
-                    else nll(self.kind, logits, enc["labels"]))
+            logits, labels, kind = labelled_logits(model, self.kind, enc)
+            loss = nll_per_example(kind, logits, labels).sum() if separate else nll(kind, logits, labels)
             rows = cap.rows(loss)
         pseudo = self.net.forward_all({n: (r.u, r.delta) for n, r in rows.items()})
         factors = {}
