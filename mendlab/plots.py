@@ -6,7 +6,7 @@ ALG_ORDER = ("ft", "ft_kl", "ke", "enn", "mend")
 ALG_LABELS = {"ft": "FT", "ft_kl": "FT+KL", "ke": "KE", "enn": "ENN", "mend": "MEND"}
 
 
-def compare(frame, metrics=("es_edit", "drawdown"), axes=None):
+def compare(frame, metrics=("es_rephrase", "drawdown"), axes=None):
     """Bars of each metric per task and editor (mean over seeds, with the seeds' spread as error bars).
 
     ``frame``: the long table of :func:`mendlab.experiments.compare`. Returns the matplotlib figure.
@@ -21,7 +21,8 @@ def compare(frame, metrics=("es_edit", "drawdown"), axes=None):
     axes = list(axes) if hasattr(axes, "__len__") else [axes]
     for ax, metric in zip(axes, metrics, strict=True):
         sns.barplot(data=data, x="task", y=metric, hue="editor", hue_order=order, errorbar="sd", ax=ax)
-        ax.set_title({"es_edit": "edit success (higher is better)",
+        ax.set_title({"es_rephrase": "edit success on x'_e (higher is better)",
+                      "es_edit": "edit success on x_e (higher is better)",
                       "drawdown": "drawdown (lower is better)"}.get(metric, metric))
         ax.set_xlabel("")
         if ax is not axes[-1]:

@@ -174,9 +174,13 @@ def test_sweep_lr_and_best_lr(micro):
     assert list(frame["lr"]) == [1e-4, 1e-3] and set(frame["editor"]) == {"ft"}
     assert {"es_edit", "acc_dd", "ppl_dd", "kl", "n"} <= set(frame.columns)
     assert best_lr(frame) in (1e-4, 1e-3)
-    # the rule: es_edit − acc_dd, or − ppl_dd when accuracy is not measured; ties to the smaller lr
-    f = pd.DataFrame({"lr": [1e-2, 1e-3, 1e-4], "es_edit": [1.0, 0.9, 0.9], "acc_dd": [0.5, 0.1, 0.1],
+    # the rule: es_rephrase − acc_dd, or − ppl_dd when accuracy is not measured; ties to the smaller lr
+    f = pd.DataFrame({"lr": [1e-2, 1e-3, 1e-4], "es_rephrase": [1.0, 0.9, 0.9], "acc_dd": [0.5, 0.1, 0.1],
                       "ppl_dd": [0.0, 0.0, 0.0]})
     assert best_lr(f) == 1e-4
-    g = pd.DataFrame({"lr": [1e-3, 1e-2], "es_edit": [0.5, 1.0], "acc_dd": [None, None], "ppl_dd": [0.1, 0.2]})
+    g = pd.DataFrame({"lr": [1e-3, 1e-2], "es_rephrase": [0.5, 1.0], "acc_dd": [None, None], "ppl_dd": [0.1, 0.2]})
     assert best_lr(g) == 1e-2
+    # es_edit is ~1 for FT at every lr: ranking by it would only reward the smallest drawdown
+    h = pd.DataFrame({"lr": [1e-5, 1e-4], "es_edit": [1.0, 1.0], "es_rephrase": [0.2, 0.6], "acc_dd": [0.0, 0.1],
+                      "ppl_dd": [0.0, 0.0]})
+    assert best_lr(h) == 1e-4 and best_lr(h, key="es_edit") == 1e-5

@@ -236,10 +236,11 @@ def sweep_lr(model: nn.Module, tokenizer, examples, panel: list[tuple[str, str]]
     return pd.DataFrame(rows)
 
 
-def best_lr(frame, key: str = "es_edit") -> float:
+def best_lr(frame, key: str = "es_rephrase") -> float:
     """The lr of :func:`sweep_lr`'s ``frame`` with the highest ``frame[key]`` − drawdown, where the drawdown is
     ``acc_dd`` when measured (QA, claims) and ``ppl_dd`` otherwise (language modelling; absolute perplexity).
-    Ties go to the smaller lr."""
+    Ties go to the smaller lr. The default key is edit success on the rephrasings: FT runs until x_e itself is
+    right, so ``es_edit`` is ~1 at every lr and would only reward the smallest drawdown."""
     if key not in frame:
         raise KeyError(f"frame has no column {key!r}; columns: {list(frame.columns)}")
     dd = frame["acc_dd"] if "acc_dd" in frame else None
