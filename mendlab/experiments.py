@@ -208,10 +208,10 @@ def compare(setups=DEFAULT_SETUPS, algs=("ft", "ft_kl", "ke", "enn", "mend"), se
     ``drawdown`` (acc_dd, or ppl_dd where accuracy is not defined), ``edit_ms`` and ``train_s``. ``summarize``
     gives mean ± std.
     """
-    from mendlab.editors import TRAINED
-
     import pandas as pd
     from tqdm.auto import tqdm
+
+    from mendlab.editors import TRAINED
 
     rows = []
     jobs = [(m, t, a, s) for m, t in setups for s in seeds for a in algs]
