@@ -50,12 +50,18 @@ def alg_settings(alg: str, task: str | None = None):
     raise ValueError(f"{alg!r} is not trained with train.py")
 
 
+def _world(seed: int, world_seed: int | None) -> int:
+    return seed if world_seed is None else world_seed
+
+
 def editor_path(model_name: str, alg: str = "mend", variant: str = "mend", seed: int = 0,
-                task: str | None = None, train_config: TrainConfig | None = None, prof: str | None = None) -> Path:
+                task: str | None = None, train_config: TrainConfig | None = None, prof: str | None = None,
+                world_seed: int | None = None) -> Path:
     """Where ``train_editor`` caches this editor: a folder named by model, alg, variant and a config hash."""
     prof = prof or profile()
     cfg = train_config or TrainConfig.for_profile(prof, seed=seed)
-    key = {"model": zoo.spec(model_name, prof, seed) if model_name in zoo.names() else model_name, "alg": alg,
+    ws = _world(seed, world_seed)
+    key = {"model": zoo.spec(model_name, prof, ws) if model_name in zoo.names() else model_name, "alg": alg,
            "variant": variant, "task": task, "train": asdict(cfg)}
     if alg == "mend":
         key["net"] = asdict(NetConfig.variant(variant))
@@ -66,10 +72,11 @@ def editor_path(model_name: str, alg: str = "mend", variant: str = "mend", seed:
 
 def train_editor(model_name: str = "tiny-gpt2", alg: str = "mend", variant: str = "mend", seed: int = 0,
                  task: str | None = None, out: str | Path | None = None, train_config: TrainConfig | None = None,
-                 progress: bool = True, force: bool = False):
+                 progress: bool = True, force: bool = False, world_seed: int | None = None):
     """(editor, model, tokenizer, card): train an editor for a zoo model (or a local model folder), or load it
     from the cache when the same configuration was trained before. ``seed`` picks the world (zoo models) and the
-    editor's initialisation and sampling. The card has ``path``, ``cached``, ``seconds``, ``best_val``, ``steps``.
+    editor's initialisation and sampling; ``world_seed``, when given, picks the world (and base model) instead.
+    The card has ``path``, ``cached``, ``seconds``, ``best_val``, ``steps``.
 
     ``alg`` is one of ``mendlab.editors.ALGS``; ``variant`` is a MEND ablation (``NetConfig.variant``). FT and
     FT+KL train nothing: their learning rate is chosen on the validation split instead (:func:`ft_editor`).
@@ -79,22 +86,23 @@ def train_editor(model_name: str = "tiny-gpt2", alg: str = "mend", variant: str 
     if alg not in ALGS:
         raise ValueError(f"unknown alg {alg!r}; choose one of {ALGS}")
     if alg not in TRAINED:
-        return ft_editor(model_name, alg, seed, task, progress=progress, force=force)
+        return ft_editor(model_name, alg, seed, task, progress=progress, force=force, world_seed=world_seed)
     if alg != "mend" and variant != "mend":
         raise ValueError(f"variants are MEND ablations; alg {alg!r} takes none")
     prof = profile()
     overrides = {} if alg == "mend" else alg_settings(alg, task)[1]
     cfg = train_config or TrainConfig.for_profile(prof, seed=seed, **overrides)
-    model, tok = zoo.load(model_name, seed=seed if model_name in zoo.names() else None, progress=progress)
+    ws = _world(seed, world_seed)
+    model, tok = zoo.load(model_name, seed=ws if model_name in zoo.names() else None, progress=progress)
     if task == tasks.DEFAULT_TASK[get_family(model).kind]:
         task = None  # the default task and None are one cache entry
-    path = Path(out) if out is not None else editor_path(model_name, alg, variant, seed, task, cfg, prof)
+    path = Path(out) if out is not None else editor_path(model_name, alg, variant, seed, task, cfg, prof, world_seed)
     card_file = path / "train_card.json"
     if card_file.exists() and (path / "best").exists() and not force:
         editor = load_editor(path / "best", model)
         card = json.loads(card_file.read_text())
         return editor, model, tok, {**card, "cached": True}
-    t = _task_for(model_name, model, task, seed)
+    t = _task_for(model_name, model, task, ws)
     torch.manual_seed(seed)
     config = NetConfig.variant(variant) if alg == "mend" else alg_settings(alg, t.name)[0]
     editor = editor_class(alg).for_model(model, config)
@@ -102,7 +110,7 @@ def train_editor(model_name: str = "tiny-gpt2", alg: str = "mend", variant: str 
     result = train(editor, model, tok, t.train, t.val, cfg, out=path, progress=progress)
     n_params = (editor.net.count_parameters() if alg == "mend"
                 else sum(p.numel() for p in editor.parameters() if p.requires_grad))
-    card = {"model": model_name, "alg": alg, "variant": variant, "seed": seed, "task": t.name,
+    card = {"model": model_name, "alg": alg, "variant": variant, "seed": seed, "world_seed": ws, "task": t.name,
             "path": str(path / "best"), "seconds": round(time.perf_counter() - t0, 1),
             "train_seconds": round(result.seconds, 1), "steps": result.steps, "best_step": result.best_step,
             "best_val": round(result.best_val, 5), "stopped": result.stopped, "skipped": result.skipped,
@@ -112,7 +120,8 @@ def train_editor(model_name: str = "tiny-gpt2", alg: str = "mend", variant: str 
 
 
 def ft_editor(model_name: str = "tiny-gpt2", alg: str = "ft", seed: int = 0, task: str | None = None,
-              lrs=FT_LRS, n_val: int = 48, progress: bool = True, force: bool = False):
+              lrs=FT_LRS, n_val: int = 48, progress: bool = True, force: bool = False,
+              world_seed: int | None = None):
     """(editor, model, tokenizer, card) for FT or FT+KL, its learning rate chosen by a sweep over ``lrs`` on the
     first ``n_val`` *validation* requests (never the test split); the sweep is cached and is in ``card["sweep"]``.
     FT+KL draws its locality examples from the training requests' unrelated facts."""
@@ -122,11 +131,12 @@ def ft_editor(model_name: str = "tiny-gpt2", alg: str = "ft", seed: int = 0, tas
     from mendlab.editors.ft import FTConfig, best_lr, sweep_lr
 
     prof = profile()
-    model, tok = zoo.load(model_name, seed=seed if model_name in zoo.names() else None, progress=progress)
-    t = _task_for(model_name, model, task, seed)
+    ws = _world(seed, world_seed)
+    model, tok = zoo.load(model_name, seed=ws if model_name in zoo.names() else None, progress=progress)
+    t = _task_for(model_name, model, task, ws)
     config = FTConfig(locality=alg == "ft_kl", seed=seed)
     locality = [e.locality for e in t.train if e.locality is not None] if alg == "ft_kl" else None
-    key = {"model": zoo.spec(model_name, prof, seed) if model_name in zoo.names() else model_name, "alg": alg,
+    key = {"model": zoo.spec(model_name, prof, ws) if model_name in zoo.names() else model_name, "alg": alg,
            "task": t.name, "ft": asdict(config), "lrs": list(lrs), "n_val": n_val}
     path = cache_dir() / "editors" / f"{Path(model_name).name}-{alg}-{config_hash(key)}"
     card_file = path / "train_card.json"
@@ -139,7 +149,8 @@ def ft_editor(model_name: str = "tiny-gpt2", alg: str = "ft", seed: int = 0, tas
                          progress=progress)
         lr = best_lr(frame)
         path.mkdir(parents=True, exist_ok=True)
-        card = {"model": model_name, "alg": alg, "variant": "-", "seed": seed, "task": t.name, "path": str(path),
+        card = {"model": model_name, "alg": alg, "variant": "-", "seed": seed, "world_seed": ws, "task": t.name,
+                "path": str(path),
                 "lr": lr, "sweep": frame.round(5).to_dict(orient="records"), "profile": prof,
                 "seconds": round(time.perf_counter() - t0, 1), "train_seconds": 0.0, "steps": 0,
                 "best_step": 0, "best_val": None, "stopped": "no training", "skipped": 0, "editor_params": 0}
@@ -199,10 +210,12 @@ def edit_report(editor, model, tok, prompt: str, target: str, rephrases=(), unre
 
 def compare(setups=DEFAULT_SETUPS, algs=("ft", "ft_kl", "ke", "enn", "mend"), seeds=(0, 1, 2), *,
             n: int | None = None, split: str = "test", steps: int | None = None, n_val: int = 48,
-            progress: bool = True):
+            world_seed: int | None = None, progress: bool = True):
     """The method comparison (paper Table 4): for every (model, task) in ``setups``, alg and seed, get the editor
     (trained and cached, or FT's lr swept on validation requests) and evaluate it on the ``split`` edits.
 
+    ``seeds`` pick world, base model and editor; with ``world_seed`` every run uses that one world and base model,
+    and the seeds vary only the editors (initialisation, sampling, FT's locality draws).
     ``steps`` overrides the profile's training steps of the trained editors; ``n_val``: validation requests in
     FT's lr sweep. Returns a long DataFrame, one row per (model, task, alg, seed), with the metric keys,
     ``drawdown`` (acc_dd, or ppl_dd where accuracy is not defined), ``edit_ms`` and ``train_s``. ``summarize``
@@ -220,11 +233,14 @@ def compare(setups=DEFAULT_SETUPS, algs=("ft", "ft_kl", "ke", "enn", "mend"), se
             overrides = {} if alg == "mend" else alg_settings(alg, task)[1]
             cfg = TrainConfig.for_profile(seed=seed, **overrides, **({"steps": steps} if steps else {}))
             editor, model, tok, card = train_editor(model_name, alg, seed=seed, task=task, train_config=cfg,
-                                                    progress=False)
+                                                    progress=False, world_seed=world_seed)
         else:
-            editor, model, tok, card = ft_editor(model_name, alg, seed, task, n_val=n_val, progress=False)
-        r = evaluate_editor(editor, model, tok, model_name, seed=seed, task=task, split=split, n=n, progress=False)
+            editor, model, tok, card = ft_editor(model_name, alg, seed, task, n_val=n_val, progress=False,
+                                                 world_seed=world_seed)
+        r = evaluate_editor(editor, model, tok, model_name, seed=_world(seed, world_seed), task=task, split=split,
+                            n=n, progress=False)
         rows.append({"model": model_name, "task": task, "alg": alg, "seed": seed,
+                     "world_seed": _world(seed, world_seed),
                      **{k: r[k] for k in ("es_edit", "es_rephrase", "es_heldout", "acc_dd", "ppl_dd", "kl", "n")},
                      "drawdown": r["acc_dd"] if r["acc_dd"] is not None else r["ppl_dd"],
                      "edit_ms": r["edit_ms"], "train_s": card.get("train_seconds", 0.0)})
