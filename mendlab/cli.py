@@ -82,6 +82,10 @@ def cmd_train(args) -> None:
     from mendlab.train import TrainConfig
 
     overrides = {k: v for k, v in (("steps", args.steps), ("time_limit", args.time_limit)) if v is not None}
+    from mendlab.editors import TRAINED
+
+    if args.alg in TRAINED and args.alg != "mend":
+        overrides = {**experiments.alg_settings(args.alg, args.task)[1], **overrides}
     cfg = TrainConfig.for_profile(seed=args.seed, **overrides)
     _, _, _, card = experiments.train_editor(args.model, args.alg, args.variant, args.seed, args.task, args.out,
                                              cfg, progress=not args.json, force=args.force)

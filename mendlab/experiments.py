@@ -208,6 +208,21 @@ def edit_report(editor, model, tok, prompt: str, target: str, rephrases=(), unre
     return edit, pd.DataFrame(rows)
 
 
+def editor_for(model_name: str, alg: str, seed: int = 0, task: str | None = None, *, steps: int | None = None,
+               n_val: int = 48, world_seed: int | None = None, progress: bool = False):
+    """(editor, model, tokenizer, card) for any alg as the comparison runs it: trained editors with the profile's
+    TrainConfig (``steps`` overriding its length) plus the alg's own settings (:func:`alg_settings`), FT and
+    FT+KL with their lr swept on ``n_val`` validation requests. Cached like :func:`train_editor`."""
+    from mendlab.editors import TRAINED
+
+    if alg not in TRAINED:
+        return ft_editor(model_name, alg, seed, task, n_val=n_val, progress=progress, world_seed=world_seed)
+    overrides = {} if alg == "mend" else alg_settings(alg, task)[1]
+    cfg = TrainConfig.for_profile(seed=seed, **overrides, **({"steps": steps} if steps else {}))
+    return train_editor(model_name, alg, seed=seed, task=task, train_config=cfg, progress=progress,
+                        world_seed=world_seed)
+
+
 def compare(setups=DEFAULT_SETUPS, algs=("ft", "ft_kl", "ke", "enn", "mend"), seeds=(0, 1, 2), *,
             n: int | None = None, split: str = "test", steps: int | None = None, n_val: int = 48,
             world_seed: int | None = None, progress: bool = True):
@@ -224,19 +239,11 @@ def compare(setups=DEFAULT_SETUPS, algs=("ft", "ft_kl", "ke", "enn", "mend"), se
     import pandas as pd
     from tqdm.auto import tqdm
 
-    from mendlab.editors import TRAINED
-
     rows = []
     jobs = [(m, t, a, s) for m, t in setups for s in seeds for a in algs]
     for model_name, task, alg, seed in tqdm(jobs, desc="compare", disable=not progress):
-        if alg in TRAINED:
-            overrides = {} if alg == "mend" else alg_settings(alg, task)[1]
-            cfg = TrainConfig.for_profile(seed=seed, **overrides, **({"steps": steps} if steps else {}))
-            editor, model, tok, card = train_editor(model_name, alg, seed=seed, task=task, train_config=cfg,
-                                                    progress=False, world_seed=world_seed)
-        else:
-            editor, model, tok, card = ft_editor(model_name, alg, seed, task, n_val=n_val, progress=False,
-                                                 world_seed=world_seed)
+        editor, model, tok, card = editor_for(model_name, alg, seed, task, steps=steps, n_val=n_val,
+                                              world_seed=world_seed)
         r = evaluate_editor(editor, model, tok, model_name, seed=_world(seed, world_seed), task=task, split=split,
                             n=n, progress=False)
         rows.append({"model": model_name, "task": task, "alg": alg, "seed": seed,
