@@ -142,7 +142,8 @@ def cmd_compare(args) -> None:
 
     setups = [tuple(s.split(":", 1)) for s in args.setup] or list(experiments.DEFAULT_SETUPS)
     frame = experiments.compare(setups, args.algs.split(","), [int(s) for s in args.seeds.split(",")], n=args.n,
-                                split=args.split, progress=not args.json)
+                                split=args.split, steps=args.steps, n_val=args.n_val, world_seed=args.world_seed,
+                                progress=not args.json)
     if args.out:
         frame.to_csv(args.out, index=False)
     with pd.option_context("display.width", 200):
@@ -271,6 +272,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--algs", default=",".join(ALGS))
     c.add_argument("--seeds", default="0,1,2")
     c.add_argument("--n", type=int, default=None, help="evaluate only the first N requests")
+    c.add_argument("--steps", type=int, default=None, help="training steps of KE, ENN and MEND (default: profile)")
+    c.add_argument("--n-val", type=int, default=48, help="validation requests in FT's lr sweep")
+    c.add_argument("--world-seed", type=int, default=None,
+                   help="one world and base model for every seed (the seeds then vary only the editors)")
     c.add_argument("--split", default="test", choices=("val", "test"))
     c.add_argument("--out", default=None, help="also write the rows as CSV")
     c.add_argument("--json", action="store_true")
