@@ -27,18 +27,24 @@ def forward(model, enc: dict, params: dict | None = None) -> torch.Tensor:
     return model(**inputs).logits
 
 
-def labelled_logits(model, kind: str, enc: dict) -> tuple[torch.Tensor, torch.Tensor, str]:
+def labelled_logits(model, kind: str, enc: dict, params: dict | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor, str]:
     """(logits, labels, kind to score them as) with a decoder's LM head run only at the positions whose next token
     is labelled (in any row), through the model's ``logits_to_keep``: an edit of a short answer then projects a
     few positions onto the vocabulary instead of all of them. Scores (``nll``, ``correct`` …) are unchanged; the
     returned pair is already aligned, so it is scored as ``"seq2seq"`` (position by position). Other kinds, and
-    models without ``logits_to_keep``, return ``forward(model, enc)`` as it is."""
+    models without ``logits_to_keep``, return ``forward(model, enc, params)`` as it is."""
     labels = enc["labels"]
     if kind != "decoder" or "logits_to_keep" not in inspect.signature(model.forward).parameters:
-        return forward(model, enc), labels, kind
+        return forward(model, enc, params), labels, kind
     keep = (labels[:, 1:] != -100).any(0).nonzero().squeeze(1)
     inputs = {k: v for k, v in enc.items() if k in MODEL_KEYS}
-    return model(**inputs, logits_to_keep=keep).logits, labels[:, keep + 1], "seq2seq"
+    inputs["logits_to_keep"] = keep
+    if params:
+        logits = functional_call(model, params, args=(), kwargs=inputs, strict=False).logits
+    else:
+        logits = model(**inputs).logits
+    return logits, labels[:, keep + 1], "seq2seq"
 
 
 def _up(x: torch.Tensor) -> torch.Tensor:

@@ -149,14 +149,15 @@ class FT:
             with torch.enable_grad():  # metrics.evaluate calls edit under no_grad
                 while True:
                     params = {n: weights[n].detach() + _product(r).to(weights[n].dtype) for n, r in residuals.items()}
-                    logits = losses.forward(model, enc, params)
-                    if losses.correct(self.kind, logits.detach(), enc["labels"]).all():
+                    # a decoder's LM head runs on the labelled positions only; the scores are unchanged
+                    logits, labels, kind = losses.labelled_logits(model, self.kind, enc, params)
+                    if losses.correct(kind, logits.detach(), labels).all():
                         converged = True
                         break
                     if steps >= cfg.max_steps or (cfg.time_limit is not None
                                                   and time.perf_counter() - start > cfg.time_limit):
                         break
-                    loss = losses.nll(self.kind, logits, enc["labels"])
+                    loss = losses.nll(kind, logits, labels)
                     if cfg.locality:
                         loss = self._kl(model, params, device) + cfg.c_edit * loss
                     for t, g in zip(trained, torch.autograd.grad(loss, trained), strict=True):
