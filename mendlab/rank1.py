@@ -66,7 +66,7 @@ class Capture:
             if not create_graph:
                 u, d = u.detach(), d.detach()
             if not keep_zero_rows:
-                keep = (u != 0).any(-1) & (d != 0).any(-1)
+                keep = u.any(-1) & d.any(-1)
                 u, d, owner = u[keep], d[keep], owner[keep]
             result[name] = Rank1(u, d, owner)
         return result

@@ -468,3 +468,19 @@ def test_identity_mend_with_norm_is_the_normalised_gradient():
             expected = 1e-4 * (u.T @ d)  # Conv1D layout [in, out]
             torch.testing.assert_close(edit.delta(name).double(), expected, rtol=1e-4, atol=1e-9)
         assert editor.net.transforms[nets.shape_name(shape_key(model, members[0]))].u_norm.count.item() == len(u_all)
+
+
+def test_normaliser_cache_follows_its_statistics():
+    norm = Normalizer(4)
+    norm.update(torch.randn(10, 4))
+    norm.eval()
+    x = torch.randn(3, 4)
+    first = norm(x)
+    torch.testing.assert_close(first, (x - norm.mean.float()) / (norm.std.float() + 1e-7))
+    norm.update(torch.randn(10, 4) * 5 + 3)  # new statistics: the cached ones must not be used
+    torch.testing.assert_close(norm(x), (x - norm.mean.float()) / (norm.std.float() + 1e-7))
+    other = Normalizer(4)
+    other.load_state_dict({k: v * 2 for k, v in norm.state_dict().items()})
+    other.eval()
+    torch.testing.assert_close(other(x), (x - other.mean.float()) / (other.std.float() + 1e-7))
+    assert not torch.allclose(other(x), norm(x))
