@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from pathlib import Path
@@ -351,7 +352,9 @@ def test_edit_batch_gen_and_claims(world, toks):
     gen = world.gen_edits("val")
     col = Collator(toks["decoder"], "decoder")
     batch = col(gen)
-    assert batch.loc is None
+    # the locality text is language-modelled: every token is a label
+    loc = batch.loc
+    assert torch.equal(loc["labels"][loc["attention_mask"] == 1], loc["input_ids"][loc["attention_mask"] == 1])
     assert torch.equal(batch.edit_inner["input_ids"], col.encode([(e.prompt, e.target) for e in gen], gen=True)
                        ["input_ids"])
     assert torch.equal(batch.edit_outer["labels"], col.encode([(e.rephrases[0], e.target) for e in gen], gen=True)
@@ -383,7 +386,8 @@ def test_edit_batch_seq2seq_and_to(world, toks):
     for name in ("edit_inner", "edit_outer", "loc"):
         for k, v in getattr(batch, name).items():
             assert getattr(moved, name)[k].device.type == "cpu" and torch.equal(getattr(moved, name)[k], v)
-    gen_batch = Collator(toks["decoder"], "decoder")(world.gen_edits("test")[:2]).to(torch.device("cpu"))
+    no_loc = [dataclasses.replace(e, locality=None) for e in world.gen_edits("test")[:2]]
+    gen_batch = Collator(toks["decoder"], "decoder")(no_loc).to(torch.device("cpu"))  # .to() keeps a missing loc
     assert gen_batch.loc is None
 
 
