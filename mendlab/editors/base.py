@@ -6,13 +6,17 @@ An editor answers ``edit(model, batch) -> Edit``. Trainable editors are ``nn.Mod
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import torch
 
 from mendlab.data import Collator, EditBatch, EditExample
 from mendlab.families import edited_weights, get_family, shape_key
+
+WEIGHTS_FILE, CONFIG_FILE = "editor.safetensors", "editor_config.json"
 
 
 class MismatchedModelError(ValueError):
@@ -77,3 +81,40 @@ def check_fingerprint(saved: dict, model, where: str = "editor") -> None:
 def _has_all(model, names) -> bool:
     params = dict(model.named_parameters())
     return all(n in params for n in names)
+
+
+def save_editor(editor: torch.nn.Module, directory: str | Path, config: dict) -> Path:
+    """``editor.safetensors`` (the editor's state dict) and ``editor_config.json`` (``config``, which should
+    hold ``alg`` and ``base_model``): what every trainable editor's ``save_pretrained`` writes."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().contiguous().cpu() for k, v in editor.state_dict().items()},
+              str(directory / WEIGHTS_FILE))
+    (directory / CONFIG_FILE).write_text(json.dumps(config, indent=1))
+    return directory
+
+
+def read_editor_config(directory: str | Path, alg: str, model=None) -> dict:
+    """The saved config of an ``alg`` editor; with ``model``, first checks it is the model the editor was
+    trained for (:class:`MismatchedModelError` names both otherwise)."""
+    directory = Path(directory)
+    if not (directory / CONFIG_FILE).exists():
+        raise FileNotFoundError(f"{directory} has no {CONFIG_FILE}; is it a saved {alg} editor?")
+    cfg = json.loads((directory / CONFIG_FILE).read_text())
+    if cfg.get("alg", "mend") != alg:
+        raise ValueError(f"{directory} holds a {cfg.get('alg')!r} editor, not {alg!r}")
+    if model is not None:
+        check_fingerprint(cfg["base_model"], model, where=f"the editor in {directory}")
+    return cfg
+
+
+def load_editor_state(editor: torch.nn.Module, directory: str | Path, device=None):
+    """Load ``editor.safetensors`` into ``editor`` and return it in eval mode (ready to edit: in training mode
+    an edit would move a normaliser's statistics), on ``device`` if given."""
+    from safetensors.torch import load_file
+
+    editor.load_state_dict(load_file(str(Path(directory) / WEIGHTS_FILE)))
+    editor.eval()
+    return editor.to(device) if device is not None else editor

@@ -19,7 +19,6 @@ The gradient at θ comes from :func:`mendlab.rank1.capture` (token rows u, δ; n
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
@@ -31,11 +30,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from mendlab import rank1
 from mendlab.edit import Edit, EditSet, Factors
-from mendlab.editors.base import as_batch, check_fingerprint, fingerprint
+from mendlab.editors.base import as_batch, fingerprint, load_editor_state, read_editor_config, save_editor
 from mendlab.families import edited_weights, get_family, is_conv1d
 from mendlab.losses import forward, kl_loc, nll, nll_per_example
-
-WEIGHTS_FILE, CONFIG_FILE = "editor.safetensors", "editor_config.json"
 
 
 @dataclass(frozen=True)
@@ -211,39 +208,20 @@ class ENN(nn.Module):
     # -- saving -------------------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path) -> Path:
         """``editor.safetensors`` (θ and step sizes) and ``editor_config.json``."""
-        from safetensors.torch import save_file
-
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()},
-                  str(directory / WEIGHTS_FILE))
-        cfg = {"alg": self.alg, "config": asdict(self.config), "kind": self.kind, "names": self.names,
-               "shapes": {n: list(self.base["shapes"][n]) for n in self.names}, "conv1d": self.conv1d,
-               "base_shapes": {n: list(self.theta[_key(n)].shape) for n in self.base_names},
-               "base_model": self.base}
-        (directory / CONFIG_FILE).write_text(json.dumps(cfg, indent=1))
-        return directory
+        return save_editor(self, directory, {
+            "alg": self.alg, "config": asdict(self.config), "kind": self.kind, "names": self.names,
+            "shapes": {n: list(self.base["shapes"][n]) for n in self.names}, "conv1d": self.conv1d,
+            "base_shapes": {n: list(self.theta[_key(n)].shape) for n in self.base_names},
+            "base_model": self.base})
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, model: nn.Module | None = None, device=None) -> ENN:
         """Load a saved editor; with ``model``, first check it is the model the editor was trained for
         (:class:`~mendlab.editors.base.MismatchedModelError` names both otherwise)."""
-        from safetensors.torch import load_file
-
-        directory = Path(directory)
-        if not (directory / CONFIG_FILE).exists():
-            raise FileNotFoundError(f"{directory} has no {CONFIG_FILE}; is it a saved ENN editor?")
-        cfg = json.loads((directory / CONFIG_FILE).read_text())
-        if cfg.get("alg") != cls.alg:
-            raise ValueError(f"{directory} holds a {cfg.get('alg')!r} editor, not {cls.alg!r}")
-        if model is not None:
-            check_fingerprint(cfg["base_model"], model, where=f"the editor in {directory}")
-        config = ENNConfig(**cfg["config"])
-        editor = cls(config, cfg["names"], cfg["conv1d"], cfg["kind"], cfg["base_model"],
+        cfg = read_editor_config(directory, cls.alg, model)
+        editor = cls(ENNConfig(**cfg["config"]), cfg["names"], cfg["conv1d"], cfg["kind"], cfg["base_model"],
                      {n: tuple(s) for n, s in cfg["base_shapes"].items()})
-        editor.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
-        editor.eval()
-        return editor.to(device) if device is not None else editor
+        return load_editor_state(editor, directory, device)
 
     def extra_repr(self) -> str:
         return (f"base={self.base['name']!r}, weights={len(self.names)}, trained copies={len(self.base_names)}, "

@@ -27,7 +27,6 @@ batches (packed LSTM; the official supports batch 1 only).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -39,11 +38,10 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_sequence
 
 from mendlab import rank1
 from mendlab.edit import Edit, EditSet, Factors
-from mendlab.editors.base import as_batch, check_fingerprint, fingerprint
+from mendlab.editors.base import as_batch, fingerprint, load_editor_state, read_editor_config, save_editor
 from mendlab.families import edited_weights, get_family, is_conv1d, shape_key
 from mendlab.losses import aligned, forward, nll_per_example
 
-WEIGHTS_FILE, CONFIG_FILE = "editor.safetensors", "editor_config.json"
 # Rows appended to the conditioner's copy of the vocabulary, so the condition needs no tokenizer (the official
 # cond is text, where ">>" and "||" are ordinary tokens and FEVER's labels are the words SUPPORTS/REFUTES).
 SEP_LABEL, SEP_INPUT, REFUTES, SUPPORTS = range(4)  # offsets past the base vocabulary
@@ -260,37 +258,19 @@ class KE(nn.Module):
     # -- saving -------------------------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path) -> Path:
         """``editor.safetensors`` (conditioner and weight networks) and ``editor_config.json``."""
-        from safetensors.torch import save_file
-
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()},
-                  str(directory / WEIGHTS_FILE))
-        cfg = {"alg": self.alg, "config": asdict(self.config), "kind": self.kind,
-               "shapes": {n: list(s) for n, s in self.shapes.items()}, "conv1d": self.conv1d,
-               "vocab": self.vocab, "embed_dim": self.embed_dim, "pad_id": self.pad_id, "base_model": self.base}
-        (directory / CONFIG_FILE).write_text(json.dumps(cfg, indent=1))
-        return directory
+        return save_editor(self, directory, {
+            "alg": self.alg, "config": asdict(self.config), "kind": self.kind,
+            "shapes": {n: list(s) for n, s in self.shapes.items()}, "conv1d": self.conv1d, "vocab": self.vocab,
+            "embed_dim": self.embed_dim, "pad_id": self.pad_id, "base_model": self.base})
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, model: nn.Module | None = None, device=None) -> KE:
         """Load a saved KE editor; with ``model``, first check it is the model the editor was trained for
         (:class:`~mendlab.editors.base.MismatchedModelError` names both otherwise)."""
-        from safetensors.torch import load_file
-
-        directory = Path(directory)
-        if not (directory / CONFIG_FILE).exists():
-            raise FileNotFoundError(f"{directory} has no {CONFIG_FILE}; is it a saved KE editor?")
-        cfg = json.loads((directory / CONFIG_FILE).read_text())
-        if cfg.get("alg") != cls.alg:
-            raise ValueError(f"{directory} holds a {cfg.get('alg')!r} editor, not {cls.alg!r}")
-        if model is not None:
-            check_fingerprint(cfg["base_model"], model, where=f"the editor in {directory}")
+        cfg = read_editor_config(directory, cls.alg, model)
         editor = cls(KEConfig(**cfg["config"]), {n: tuple(s) for n, s in cfg["shapes"].items()}, cfg["conv1d"],
                      cfg["kind"], cfg["base_model"], cfg["vocab"], cfg["embed_dim"], cfg["pad_id"])
-        editor.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
-        editor.eval()
-        return editor.to(device) if device is not None else editor
+        return load_editor_state(editor, directory, device)
 
     def count_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -18,12 +17,10 @@ from torch import nn
 
 from mendlab import rank1
 from mendlab.edit import Edit, EditSet, Factors
-from mendlab.editors.base import as_batch, check_fingerprint, fingerprint
+from mendlab.editors.base import as_batch, fingerprint, load_editor_state, read_editor_config, save_editor
 from mendlab.families import edited_weights, get_family, is_conv1d, shape_key
 from mendlab.losses import labelled_logits, nll, nll_per_example
 from mendlab.nets import EditorNet, NetConfig
-
-WEIGHTS_FILE, CONFIG_FILE = "editor.safetensors", "editor_config.json"
 
 
 class MEND(nn.Module):
@@ -90,35 +87,19 @@ class MEND(nn.Module):
     # -- saving -------------------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path) -> Path:
         """``editor.safetensors`` (networks, α, normaliser state) and ``editor_config.json``."""
-        from safetensors.torch import save_file
-
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()},
-                  str(directory / WEIGHTS_FILE))
-        cfg = {"alg": self.alg, "net": asdict(self.config), "kind": self.kind, "descent": self.descent,
-               "shapes": {n: list(s) for n, s in self.net.shapes.items()}, "conv1d": self.conv1d,
-               "base_model": self.base}
-        (directory / CONFIG_FILE).write_text(json.dumps(cfg, indent=1))
-        return directory
+        return save_editor(self, directory, {
+            "alg": self.alg, "net": asdict(self.config), "kind": self.kind, "descent": self.descent,
+            "shapes": {n: list(s) for n, s in self.net.shapes.items()}, "conv1d": self.conv1d,
+            "base_model": self.base})
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, model: nn.Module | None = None, device=None) -> MEND:
         """Load a saved editor; with ``model``, first check it is the model the editor was trained for
         (:class:`~mendlab.editors.base.MismatchedModelError` names both otherwise)."""
-        from safetensors.torch import load_file
-
-        directory = Path(directory)
-        if not (directory / CONFIG_FILE).exists():
-            raise FileNotFoundError(f"{directory} has no {CONFIG_FILE}; is it a saved MEND editor?")
-        cfg = json.loads((directory / CONFIG_FILE).read_text())
-        if model is not None:
-            check_fingerprint(cfg["base_model"], model, where=f"the editor in {directory}")
+        cfg = read_editor_config(directory, cls.alg, model)
         editor = cls(NetConfig(**cfg["net"]), {n: tuple(s) for n, s in cfg["shapes"].items()}, cfg["conv1d"],
                      cfg["kind"], cfg["base_model"], cfg.get("descent", False))
-        editor.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
-        editor.eval()  # ready to edit: in training mode every edit would move the normaliser's statistics
-        return editor.to(device) if device is not None else editor
+        return load_editor_state(editor, directory, device)
 
     def extra_repr(self) -> str:
         return f"base={self.base['name']!r}, weights={len(self.names)}, params={self.net.count_parameters():,}"
