@@ -7,6 +7,7 @@ scored position by position (the decoder input is already shifted); classifiers 
 
 from __future__ import annotations
 
+import functools
 import inspect
 
 import torch
@@ -27,6 +28,12 @@ def forward(model, enc: dict, params: dict | None = None) -> torch.Tensor:
     return model(**inputs).logits
 
 
+@functools.cache
+def _keeps_logits(cls) -> bool:
+    """Whether a model class's forward takes ``logits_to_keep`` (looked up once per class, not per edit)."""
+    return "logits_to_keep" in inspect.signature(cls.forward).parameters
+
+
 def labelled_logits(model, kind: str, enc: dict, params: dict | None = None
                     ) -> tuple[torch.Tensor, torch.Tensor, str]:
     """(logits, labels, kind to score them as) with a decoder's LM head run only at the positions whose next token
@@ -35,7 +42,7 @@ def labelled_logits(model, kind: str, enc: dict, params: dict | None = None
     returned pair is already aligned, so it is scored as ``"seq2seq"`` (position by position). Other kinds, and
     models without ``logits_to_keep``, return ``forward(model, enc, params)`` as it is."""
     labels = enc["labels"]
-    if kind != "decoder" or "logits_to_keep" not in inspect.signature(model.forward).parameters:
+    if kind != "decoder" or not _keeps_logits(type(model)):
         return forward(model, enc, params), labels, kind
     keep = (labels[:, 1:] != -100).any(0).nonzero().squeeze(1)
     inputs = {k: v for k, v in enc.items() if k in MODEL_KEYS}
