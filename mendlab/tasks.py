@@ -35,8 +35,13 @@ class Task:
         return getattr(self, name)
 
 
-def from_world(world: World, kind: str, task: str | None = None, panel_size: int = 64, seed: int = 0) -> Task:
-    """The task for a model ``kind`` (``decoder``/``seq2seq``: ``qa`` or ``gen``; ``classifier``: ``claim``)."""
+def from_world(world: World, kind: str, task: str | None = None, panel_size: int = 64, seed: int = 0,
+               claim_variants: int = 0) -> Task:
+    """The task for a model ``kind`` (``decoder``/``seq2seq``: ``qa`` or ``gen``; ``classifier``: ``claim``).
+
+    ``claim_variants``: for claims, that many redrawn claims per training fact join the *train* split
+    (``World.claim_edits(variant=…)``); val and test are unchanged.
+    """
     task = task or DEFAULT_TASK[kind]
     if kind == "classifier" and task != "claim":
         raise ValueError("a classifier edits claims: use task 'claim'")
@@ -50,4 +55,7 @@ def from_world(world: World, kind: str, task: str | None = None, panel_size: int
     else:
         pool = [(p, "") for p in world.passages(split="train")]
     panel = rng.sample(pool, min(panel_size, len(pool)))
-    return Task(task, world.edits(task, "train"), world.edits(task, "val"), world.edits(task, "test"), panel)
+    train = world.edits(task, "train")
+    if task == "claim":
+        train += [e for v in range(1, claim_variants + 1) for e in world.claim_edits("train", variant=v)]
+    return Task(task, train, world.edits(task, "val"), world.edits(task, "test"), panel)

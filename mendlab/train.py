@@ -38,7 +38,9 @@ class TrainConfig:
     ``mix_phrasings``: each time a request is drawn, x_e is any of its trained phrasings and x'_e another (the
     official code always edits the same x_e). ``resample_locality``: x_loc is a true fact of another random
     training request each time (as the official sampler draws it), not the request's fixed locality pair.
-    Both only affect training; validation uses the requests as given.
+    ``resample_target``: a QA request's target y_e is drawn afresh each time from the objects of its relation
+    seen in the training requests (never its true answer); MEND draws one of a few ``alternatives``.
+    All three only affect training; validation uses the requests as given.
     """
 
     steps: int = 2000
@@ -60,6 +62,8 @@ class TrainConfig:
     max_length: int = 128
     mix_phrasings: bool = True
     resample_locality: bool = True
+    resample_target: bool = False
+    schedule: str = "constant"  # or "cosine": both learning rates decay to 0 at ``steps`` (the official: constant)
 
     @classmethod
     def for_profile(cls, name: str | None = None, **overrides) -> TrainConfig:
@@ -135,9 +139,25 @@ def validate(editor, model, batches: list, cfg: TrainConfig) -> dict[str, float]
     return sums
 
 
-def _vary(e: EditExample, pool: list[EditExample], rng: random.Random, cfg: TrainConfig) -> EditExample:
-    """A training draw of request ``e``: another trained phrasing as x_e and a fresh x_loc (see TrainConfig)."""
+def target_pool(requests: list[EditExample]) -> dict[str, list[str]]:
+    """relation → every answer (true or target) that QA requests of that relation have, sorted."""
+    out: dict[str, set[str]] = {}
+    for e in requests:
+        if e.kind == "qa" and e.relation:
+            out.setdefault(e.relation, set()).update(a for a in (e.target, e.original) if a)
+    return {r: sorted(v) for r, v in out.items()}
+
+
+def _vary(e: EditExample, pool: list[EditExample], rng: random.Random, cfg: TrainConfig,
+          targets: dict[str, list[str]] | None = None) -> EditExample:
+    """A training draw of request ``e``: another trained phrasing as x_e, a fresh x_loc and, with
+    ``resample_target``, a fresh wrong answer of the right type as y_e (see TrainConfig)."""
     changes = {}
+    if cfg.resample_target and targets and e.kind == "qa" and e.relation in targets:
+        # departure: the tiny world has ~1k QA requests, and one fixed target each lets the editor memorise them
+        wrong = [o for o in targets[e.relation] if o != e.original]
+        if wrong:
+            changes["target"] = rng.choice(wrong)
     phrasings = (e.prompt, *e.rephrases)
     if cfg.mix_phrasings and len(phrasings) > 2:
         x = rng.choice(phrasings)
@@ -177,10 +197,14 @@ def train(editor, model, tokenizer, train_set: list[EditExample], val_set: list[
     model.requires_grad_(False)
     editor.to(device).train()
     collator = Collator.for_model(model, tokenizer, max_length=cfg.max_length)
+    if cfg.schedule not in ("constant", "cosine"):
+        raise ValueError(f"schedule must be 'constant' or 'cosine', got {cfg.schedule!r}")
     opt = torch.optim.Adam(editor.param_groups(cfg.lr, cfg.lr_lr))
+    base_lrs = [g["lr"] for g in opt.param_groups]
     params = [p for g in opt.param_groups for p in g["params"]]
     val_batches = _batches(collator, val_set[:cfg.val_size], cfg.edits_per_step, cfg.seed, device)
     rng = random.Random(cfg.seed)
+    targets = target_pool(train_set) if cfg.resample_target else None
     order: list[int] = []
     result = TrainResult(editor)
     state = {"step": 0, "stale": 0, "nonfinite_run": 0, "elapsed": 0.0}
@@ -205,7 +229,7 @@ def train(editor, model, tokenizer, train_set: list[EditExample], val_set: list[
             if not order:
                 order = list(range(len(train_set)))
                 rng.shuffle(order)
-            picked.append(_vary(train_set[order.pop()], train_set, rng, cfg))
+            picked.append(_vary(train_set[order.pop()], train_set, rng, cfg, targets))
         return picked
 
     t0 = time.perf_counter() - state["elapsed"]
@@ -224,6 +248,9 @@ def train(editor, model, tokenizer, train_set: list[EditExample], val_set: list[
             p.grad is None or torch.isfinite(p.grad).all() for p in params)
         if grads_ok:
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            if cfg.schedule == "cosine":  # stateless in the step, so a resumed run continues the same curve
+                for g, lr in zip(opt.param_groups, base_lrs):
+                    g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * state["step"] / cfg.steps))
             opt.step()
             state["nonfinite_run"] = 0
         else:
@@ -235,7 +262,7 @@ def train(editor, model, tokenizer, train_set: list[EditExample], val_set: list[
                     f"{logs['loss']}); lower lr (now {cfg.lr}) or lr_lr (now {cfg.lr_lr}), or check the data")
         state["step"] += 1
         step = state["step"]
-        record = {"step": step, **{k: round(v, 6) for k, v in logs.items()}}
+        record = {"step": step, **{k: round(v, 6) for k, v in logs.items()}, "lr": opt.param_groups[0]["lr"]}
         bar.update(1)
         if step % cfg.val_every == 0 or step == cfg.steps:
             val = validate(editor, model, val_batches, cfg)

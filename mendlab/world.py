@@ -265,14 +265,19 @@ class World:
                 original=f.object, kind="qa", subject=f.subject, relation=f.relation))
         return out
 
-    def claim_edits(self, split: str) -> list[EditExample]:
-        """FEVER-style: a true or false claim (half each) whose label the edit flips."""
+    def claim_edits(self, split: str, variant: int = 0) -> list[EditExample]:
+        """FEVER-style: a true or false claim (half each) whose label the edit flips.
+
+        ``variant`` > 0 redraws, per fact, the template, true or false, and a false claim's object among every
+        wrong object of the type: more distinct training claims about the same subjects.
+        """
         out = []
         for f in self.facts_in(split):
-            rng = self._rng("fever", f.subject, f.relation)
+            rng = self._rng("fever", f.subject, f.relation, *([variant] if variant else []))
             t = rng.randrange(N_TEMPLATES - 1)
             true = rng.random() < 0.5
-            obj = f.object if true else self.alternatives(f)[0]
+            wrong = [o for o in self.relation[f.relation].objects if o != f.object]
+            obj = f.object if true else (self.alternatives(f)[0] if variant == 0 else rng.choice(wrong))
             gold, flipped = ("SUPPORTS", "REFUTES") if true else ("REFUTES", "SUPPORTS")
             loc = self._locality_fact(f, split)
             out.append(EditExample(

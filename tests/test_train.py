@@ -61,3 +61,36 @@ def test_persistent_non_finite_steps_stop_training(micro):
     cfg = TrainConfig(steps=10, edits_per_step=2, val_every=100, val_size=2, max_nonfinite=3)
     with pytest.raises(NonFiniteTrainingError, match="3 consecutive"):
         train(editor, model, tok, t.train, t.val, cfg, progress=False)
+
+
+def test_resample_target_draws_wrong_answers_of_the_same_relation():
+    import random
+
+    from mendlab.data import EditExample
+    from mendlab.train import _vary, target_pool
+
+    def qa(s, r, true, target):
+        return EditExample(f"{r} of {s}?", target, original=true, subject=s, relation=r,
+                           locality=("q?", "a"))
+
+    pool = [qa("A", "colour", "red", "blue"), qa("B", "colour", "green", "red"), qa("C", "pet", "cat", "dog")]
+    targets = target_pool(pool)
+    assert targets == {"colour": ["blue", "green", "red"], "pet": ["cat", "dog"]}
+    cfg = TrainConfig(resample_target=True, resample_locality=False, mix_phrasings=False)
+    rng = random.Random(0)
+    drawn = {_vary(pool[0], pool, rng, cfg, targets).target for _ in range(50)}
+    assert drawn == {"blue", "green"}  # never the true answer "red", never another relation's object
+    assert _vary(pool[0], pool, rng, TrainConfig(resample_locality=False), targets).target == "blue"
+
+
+def test_cosine_schedule_decays_both_learning_rates(micro):
+    import math
+    from dataclasses import replace
+
+    editor, model, tok, t = _setup(micro)
+    result = train(editor, model, tok, t.train, t.val, replace(CFG, schedule="cosine"), progress=False)
+    lrs = [r["lr"] for r in result.history]
+    assert lrs[0] == pytest.approx(CFG.lr) and lrs[-1] == pytest.approx(CFG.lr * 0.5 * (1 + math.cos(math.pi * 11 / 12)))
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+    with pytest.raises(ValueError, match="schedule"):
+        train(editor, model, tok, t.train, t.val, replace(CFG, schedule="linear"), progress=False)

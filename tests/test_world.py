@@ -319,6 +319,24 @@ def test_claim_edits_flip_the_truth(world):
         assert e.kind == "claim"
 
 
+def test_claim_edit_variants_redraw_claims_about_the_same_facts(world):
+    statements = _statement_index(world)
+    base, redrawn = world.claim_edits("train"), world.claim_edits("train", variant=3)
+    assert redrawn == world.claim_edits("train", variant=3) and redrawn != base
+    assert [(e.subject, e.relation) for e in base] == [(e.subject, e.relation) for e in redrawn]
+    for e in redrawn:
+        s, r, o, _ = statements[e.prompt]
+        assert (o == world.facts[s, r]) == (e.original == "SUPPORTS") and e.target != e.original
+
+
+def test_claim_variants_join_only_the_train_split(world):
+    from mendlab import tasks
+
+    plain, more = tasks.from_world(world, "classifier"), tasks.from_world(world, "classifier", claim_variants=2)
+    assert len(more.train) == 3 * len(plain.train) and more.train[:len(plain.train)] == plain.train
+    assert more.val == plain.val and more.test == plain.test and more.panel == plain.panel
+
+
 # -- generation edits --------------------------------------------------------------------------------------------------
 def test_gen_edits(world):
     statements = _statement_index(world)
