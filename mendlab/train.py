@@ -249,7 +249,7 @@ def train(editor, model, tokenizer, train_set: list[EditExample], val_set: list[
         if grads_ok:
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             if cfg.schedule == "cosine":  # stateless in the step, so a resumed run continues the same curve
-                for g, lr in zip(opt.param_groups, base_lrs):
+                for g, lr in zip(opt.param_groups, base_lrs, strict=True):
                     g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * state["step"] / cfg.steps))
             opt.step()
             state["nonfinite_run"] = 0
