@@ -28,9 +28,14 @@ def compare_budget(prof: str | None = None) -> dict:
     return dict(COMPARE_BUDGET[prof or profile()])
 
 
+# Claims have two labels, so a claim request cannot get a fresh target (``TrainConfig.resample_target``): the
+# training split gets this many redrawn claims per training fact instead (val and test are unchanged).
+CLAIM_VARIANTS = 7
+
+
 def _task_for(model_name: str, model, task: str | None, seed: int | None):
     world = zoo.world_of(model_name, seed=seed)
-    return tasks.from_world(world, get_family(model).kind, task)
+    return tasks.from_world(world, get_family(model).kind, task, claim_variants=CLAIM_VARIANTS)
 
 
 def alg_settings(alg: str, task: str | None = None):
@@ -62,7 +67,7 @@ def editor_path(model_name: str, alg: str = "mend", variant: str = "mend", seed:
     cfg = train_config or TrainConfig.for_profile(prof, seed=seed)
     ws = _world(seed, world_seed)
     key = {"model": zoo.spec(model_name, prof, ws) if model_name in zoo.names() else model_name, "alg": alg,
-           "variant": variant, "task": task, "train": asdict(cfg)}
+           "variant": variant, "task": task, "train": asdict(cfg), "claim_variants": CLAIM_VARIANTS}
     if alg == "mend":
         key["net"] = asdict(NetConfig.variant(variant))
     else:
@@ -137,7 +142,8 @@ def ft_editor(model_name: str = "tiny-gpt2", alg: str = "ft", seed: int = 0, tas
     config = FTConfig(locality=alg == "ft_kl", seed=seed)
     locality = [e.locality for e in t.train if e.locality is not None] if alg == "ft_kl" else None
     key = {"model": zoo.spec(model_name, prof, ws) if model_name in zoo.names() else model_name, "alg": alg,
-           "task": t.name, "ft": asdict(config), "lrs": list(lrs), "n_val": n_val}
+           "task": t.name, "ft": asdict(config), "lrs": list(lrs), "n_val": n_val,
+           "claim_variants": CLAIM_VARIANTS}
     path = cache_dir() / "editors" / f"{Path(model_name).name}-{alg}-{config_hash(key)}"
     card_file = path / "train_card.json"
     if card_file.exists() and not force:
