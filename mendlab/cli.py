@@ -84,6 +84,8 @@ def cmd_train(args) -> None:
     overrides = {k: v for k, v in (("steps", args.steps), ("time_limit", args.time_limit)) if v is not None}
     from mendlab.editors import TRAINED
 
+    overrides.update(_settings(args.set, TrainConfig))
+
     if args.alg in TRAINED and args.alg != "mend":
         overrides = {**experiments.alg_settings(args.alg, args.task)[1], **overrides}
     cfg = TrainConfig.for_profile(seed=args.seed, **overrides)
@@ -100,6 +102,23 @@ def cmd_train(args) -> None:
              f"best validation loss {card['best_val']} at step {card['best_step']} ({card['stopped']})\n"
              f"saved to {card['path']}")
     _emit(args, card, human)
+
+
+def _settings(pairs, config_class) -> dict:
+    """``["lr=1e-4", "schedule=constant"]`` → overrides of ``config_class``'s fields (values parsed as JSON)."""
+    import dataclasses
+
+    fields = {f.name for f in dataclasses.fields(config_class)}
+    out = {}
+    for pair in pairs or ():
+        key, sep, value = pair.partition("=")
+        if not sep or key not in fields:
+            raise SystemExit(f"--set takes KEY=VALUE with KEY one of {sorted(fields)}; got {pair!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
 
 
 def _load_editor(args):
@@ -237,6 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", default=None, help="folder (default: in the cache)")
     t.add_argument("--steps", type=int, default=None)
     t.add_argument("--time-limit", type=float, default=None, help="seconds")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="a TrainConfig field, e.g. --set lr=1e-4 --set schedule=constant (repeatable)")
     t.add_argument("--force", action="store_true", help="retrain even when cached")
     t.add_argument("--json", action="store_true")
     t.set_defaults(func=cmd_train)

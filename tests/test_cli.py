@@ -49,3 +49,13 @@ def test_bad_profile_is_a_clear_error(monkeypatch):
 def test_python_dash_m():
     out = subprocess.run([sys.executable, "-m", "mendlab", "--help"], capture_output=True, text=True, check=True)
     assert "demo" in out.stdout and "zoo" in out.stdout
+
+
+def test_train_set_parses_train_config_fields():
+    from mendlab.cli import _settings
+    from mendlab.train import TrainConfig
+
+    assert _settings(["lr=1e-4", "schedule=constant", "resample_target=false"], TrainConfig) == {
+        "lr": 1e-4, "schedule": "constant", "resample_target": False}
+    with pytest.raises(SystemExit, match="schedule"):
+        _settings(["learning_rate=1"], TrainConfig)
