@@ -194,10 +194,14 @@ class World:
     def statement(self, fact: Fact, template: int, obj: str | None = None) -> str:
         return self.relation[fact.relation].statements[template].format(s=fact.subject, o=obj or fact.object)
 
+    def wrong_objects(self, fact: Fact) -> list[str]:
+        """Every object of the fact's type except the true one."""
+        return [o for o in self.relation[fact.relation].objects if o != fact.object]
+
     def alternatives(self, fact: Fact) -> list[str]:
         """``n_alternatives`` wrong objects of the right type; the first is the counterfactual edit target."""
-        wrong = [o for o in self.relation[fact.relation].objects if o != fact.object]
-        return self._rng("alt", fact.subject, fact.relation).sample(wrong, self.config.n_alternatives)
+        return self._rng("alt", fact.subject, fact.relation).sample(self.wrong_objects(fact),
+                                                                     self.config.n_alternatives)
 
     # -- pre-training material (never the held-out template) ---------------------------------------------------
     def qa_pairs(self, heldout: bool = False, split: str | None = None) -> list[tuple[str, str]]:
@@ -213,8 +217,7 @@ class World:
         templates = [N_TEMPLATES - 1] if heldout else range(N_TEMPLATES - 1)
         out = []
         for f in self.facts_in(split):
-            wrong = self.alternatives(f) if variant == 0 else [
-                o for o in self.relation[f.relation].objects if o != f.object]
+            wrong = self.alternatives(f) if variant == 0 else self.wrong_objects(f)
             for t in templates:
                 out.append((self.statement(f, t), 1))
                 out.append((self.statement(f, t, self._rng("claim", f, t, variant).choice(wrong)), 0))
@@ -276,8 +279,7 @@ class World:
             rng = self._rng("fever", f.subject, f.relation, *([variant] if variant else []))
             t = rng.randrange(N_TEMPLATES - 1)
             true = rng.random() < 0.5
-            wrong = [o for o in self.relation[f.relation].objects if o != f.object]
-            obj = f.object if true else (self.alternatives(f)[0] if variant == 0 else rng.choice(wrong))
+            obj = f.object if true else (self.alternatives(f)[0] if variant == 0 else rng.choice(self.wrong_objects(f)))
             gold, flipped = ("SUPPORTS", "REFUTES") if true else ("REFUTES", "SUPPORTS")
             loc = self._locality_fact(f, split)
             out.append(EditExample(
