@@ -66,8 +66,9 @@ class Capture:
             if not create_graph:
                 u, d = u.detach(), d.detach()
             if not keep_zero_rows:
-                keep = u.any(-1) & d.any(-1)
-                u, d, owner = u[keep], d[keep], owner[keep]
+                keep = (u.any(-1) & d.any(-1)).nonzero().squeeze(-1)
+                if keep.numel() < u.shape[0]:  # index only when a row goes (each index costs an op per tensor)
+                    u, d, owner = u.index_select(0, keep), d.index_select(0, keep), owner.index_select(0, keep)
             result[name] = Rank1(u, d, owner)
         return result
 
