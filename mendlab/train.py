@@ -40,7 +40,9 @@ class TrainConfig:
     training request each time (as the official sampler draws it), not the request's fixed locality pair.
     ``resample_target``: a QA request's target y_e is drawn afresh each time from the objects of its relation
     seen in the training requests (never its true answer); MEND draws one of a few ``alternatives``.
-    All three only affect training; validation uses the requests as given.
+    ``locality_same_relation``: the probability that a resampled x_loc is a fact of the edit's *own* relation
+    about another subject (0: any training request, as the official sampler draws it).
+    All of these only affect training; validation uses the requests as given.
     """
 
     steps: int = 2000
@@ -63,6 +65,7 @@ class TrainConfig:
     mix_phrasings: bool = True
     resample_locality: bool = True
     resample_target: bool = False
+    locality_same_relation: float = 0.0
     schedule: str = "constant"  # or "cosine": both learning rates decay to 0 at ``steps`` (the official: constant)
 
     @classmethod
@@ -151,7 +154,8 @@ def target_pool(requests: list[EditExample]) -> dict[str, list[str]]:
 
 
 def _vary(e: EditExample, pool: list[EditExample], rng: random.Random, cfg: TrainConfig,
-          targets: dict[str, list[str]] | None = None) -> EditExample:
+          targets: dict[str, list[str]] | None = None,
+          by_relation: dict[str, list[EditExample]] | None = None) -> EditExample:
     """A training draw of request ``e``: another trained phrasing as x_e, a fresh x_loc and, with
     ``resample_target``, a fresh wrong answer of the right type as y_e (see TrainConfig)."""
     changes = {}
@@ -165,6 +169,10 @@ def _vary(e: EditExample, pool: list[EditExample], rng: random.Random, cfg: Trai
         x = rng.choice(phrasings)
         changes.update(prompt=x, rephrases=tuple(p for p in phrasings if p != x))
     if cfg.resample_locality:
+        if cfg.locality_same_relation > 0 and by_relation and rng.random() < cfg.locality_same_relation:
+            # departure: in the tiny worlds nearly every fact an edit breaks shares its relation (and template)
+            # with the edit, so x_loc is drawn there; the official sampler draws unrelated questions
+            pool = by_relation.get(e.relation) or pool
         for _ in range(8):
             other = pool[rng.randrange(len(pool))]
             if other.subject != e.subject and (other.original is not None or other.kind == "gen"):
@@ -193,20 +201,26 @@ def train(editor, model, tokenizer, train_set: list[EditExample], val_set: list[
     cfg = config or TrainConfig.for_profile()
     if any(e.locality is None for e in train_set[:1] + val_set[:1]):
         raise ValueError("editor training needs a locality example on every request (EditExample.locality)")
+    if not 0 <= cfg.locality_same_relation <= 1:
+        raise ValueError(f"locality_same_relation is a probability, got {cfg.locality_same_relation}")
+    if cfg.schedule not in ("constant", "cosine"):
+        raise ValueError(f"schedule must be 'constant' or 'cosine', got {cfg.schedule!r}")
     torch.manual_seed(cfg.seed)
     device = torch.device(cfg.device)
     model.to(device).eval()
     model.requires_grad_(False)
     editor.to(device).train()
     collator = Collator.for_model(model, tokenizer, max_length=cfg.max_length)
-    if cfg.schedule not in ("constant", "cosine"):
-        raise ValueError(f"schedule must be 'constant' or 'cosine', got {cfg.schedule!r}")
     opt = torch.optim.Adam(editor.param_groups(cfg.lr, cfg.lr_lr))
     base_lrs = [g["lr"] for g in opt.param_groups]
     params = [p for g in opt.param_groups for p in g["params"]]
     val_batches = _batches(collator, val_set[:cfg.val_size], cfg.edits_per_step, cfg.seed, device)
     rng = random.Random(cfg.seed)
     targets = target_pool(train_set) if cfg.resample_target else None
+    by_relation: dict[str, list[EditExample]] = {}
+    if cfg.locality_same_relation > 0:
+        for e in train_set:
+            by_relation.setdefault(e.relation, []).append(e)
     order: list[int] = []
     result = TrainResult(editor)
     state = {"step": 0, "stale": 0, "nonfinite_run": 0, "elapsed": 0.0}
@@ -231,7 +245,7 @@ def train(editor, model, tokenizer, train_set: list[EditExample], val_set: list[
             if not order:
                 order = list(range(len(train_set)))
                 rng.shuffle(order)
-            picked.append(_vary(train_set[order.pop()], train_set, rng, cfg, targets))
+            picked.append(_vary(train_set[order.pop()], train_set, rng, cfg, targets, by_relation))
         return picked
 
     t0 = time.perf_counter() - state["elapsed"]

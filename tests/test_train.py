@@ -83,6 +83,35 @@ def test_resample_target_draws_wrong_answers_of_the_same_relation():
     assert _vary(pool[0], pool, rng, TrainConfig(resample_locality=False), targets).target == "blue"
 
 
+def test_same_relation_locality_draws_other_subjects_of_the_edit_relation():
+    import random
+
+    from mendlab.data import EditExample
+    from mendlab.train import _vary
+
+    def qa(s, r, true):
+        return EditExample(f"{r} of {s}?", "x", original=true, subject=s, relation=r, locality=("q?", "a"))
+
+    pool = [qa(s, r, f"{r}-{s}") for s in "ABCDEF" for r in ("colour", "pet", "town")]
+    by_relation = {}
+    for e in pool:
+        by_relation.setdefault(e.relation, []).append(e)
+    rng = random.Random(0)
+
+    def relations(p):
+        cfg = TrainConfig(locality_same_relation=p, mix_phrasings=False)
+        locs = [_vary(pool[0], pool, rng, cfg, None, by_relation).locality for _ in range(300)]
+        assert all(not q.endswith("of A?") for q, _ in locs)  # never the edited subject
+        assert all(a == f"{q.split(' of ')[0]}-{q[-2]}" for q, a in locs)  # the other request's true answer
+        return [q.split(" of ")[0] for q, _ in locs]
+
+    assert set(relations(1.0)) == {"colour"}  # pool[0] is a colour request
+    assert 0.2 < relations(0.0).count("colour") / 300 < 0.5  # uniform: about a third
+    assert 0.6 < relations(0.5).count("colour") / 300 < 0.8  # half forced, then a third of the rest
+    with pytest.raises(ValueError, match="probability"):
+        train(None, torch.nn.Linear(1, 1), None, pool, pool, TrainConfig(locality_same_relation=1.5))
+
+
 def test_cosine_schedule_decays_both_learning_rates(micro):
     import math
     from dataclasses import replace
