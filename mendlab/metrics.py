@@ -147,6 +147,34 @@ def evaluate(editor, model, tokenizer, examples: Sequence[EditExample], panel: l
     return (result, df) if return_rows else result
 
 
+def panel_changes(editor, model, tokenizer, examples: Sequence[EditExample], panel: list[tuple[str, str]], *,
+                  max_length: int = 128, progress: bool = True):
+    """Which unrelated facts each edit breaks: one row per (request, panel pair), with whether the pair's answer
+    is right before and after that request's edit alone (``correct_pre``, ``correct_post``) and the request's
+    ``subject`` and ``relation``. ``acc_dd`` is the mean of ``correct_pre − correct_post``; this says where it
+    comes from. The model is never modified."""
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    collator = Collator.for_model(model, tokenizer, max_length=max_length)
+    pan = _Panel(model, collator, panel)
+    if pan.lm:
+        raise ValueError("panel_changes needs (prompt, answer) pairs; a generation panel has no answers")
+    labels = pan.enc["labels"]
+    pre = losses.correct(collator.kind, pan.pre, labels).cpu()
+    device = next(model.parameters()).device
+    rows = []
+    for i, e in enumerate(tqdm(examples, desc="panel changes", disable=not progress, mininterval=1.0)):
+        enc = {k: v.to(device) for k, v in collator.encode([(e.prompt, e.target)]).items()}
+        edit = _detach(editor.edit(model, enc))
+        with torch.no_grad():
+            post = losses.correct(collator.kind, edit.forward(model, pan.enc), labels).cpu()
+        rows += [{"request": i, "prompt": e.prompt, "target": e.target, "subject": e.subject,
+                  "relation": e.relation, "panel_prompt": p, "panel_answer": a,
+                  "correct_pre": bool(pre[j]), "correct_post": bool(post[j])} for j, (p, a) in enumerate(panel)]
+    return pd.DataFrame(rows)
+
+
 def _detach(edits):
     return [e.detach() for e in edits] if isinstance(edits, list) else edits.detach()
 

@@ -176,6 +176,20 @@ class World:
     def relation(self) -> dict[str, Relation]:
         return {r.name: r for r in self.relations}
 
+    @cached_property
+    def _template_patterns(self) -> list[tuple[re.Pattern, str]]:
+        def pattern(template: str) -> re.Pattern:
+            parts = re.split(r"(\{s\}|\{o\})", template)
+            return re.compile("".join("(.+)" if p in ("{s}", "{o}") else re.escape(p) for p in parts) + r"\Z")
+
+        return [(pattern(t), r.name) for r in self.relations for t in (*r.questions, *r.statements)]
+
+    def relation_of(self, text: str) -> str | None:
+        """The relation whose question or statement template ``text`` is written in (None for any other text,
+        e.g. a passage): which relation an unrelated panel fact belongs to."""
+        names = {name for rx, name in self._template_patterns if rx.match(text)}
+        return names.pop() if len(names) == 1 else None
+
     def subjects_in(self, split: str) -> list[str]:
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")

@@ -457,3 +457,13 @@ def test_edit_examples_are_hashable_values(world):
     assert hash(e) == hash(World(SMALL).qa_edits("val")[0])
     with pytest.raises(AttributeError):
         e.target = "x"  # frozen
+
+
+def test_relation_of_reads_every_template(world):
+    for fact in world.facts_in("train")[:40]:
+        for t in range(N_TEMPLATES):
+            assert world.relation_of(world.question(fact, t)) == fact.relation
+            assert world.relation_of(world.statement(fact, t)) == fact.relation
+            assert world.relation_of(world.statement(fact, t, world.wrong_objects(fact)[0])) == fact.relation
+    assert world.relation_of(world.passages("train")[0]) is None
+    assert world.relation_of("Nothing like a template.") is None
