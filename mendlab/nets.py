@@ -149,11 +149,11 @@ class LRLinear(nn.Module):
     def forward(self, z: torch.Tensor, mode: int | torch.Tensor | None = None) -> torch.Tensor:
         if not torch.is_grad_enabled() and 2 * self.v.shape[0] > self.v.shape[1]:
             # Editing without training: when r > D/2 one D×D product per row is cheaper than the two factors.
-            a = torch.addmm(self.bias, z, self._dense())
+            a = z @ self._dense() + self.bias
         else:
             a = (z @ self.v.T) @ self.u.T + self.bias
         if self.scale is not None:
-            a = torch.addcmul(self.shift.weight[mode], a, self.scale.weight[mode])
+            a = a * self.scale.weight[mode] + self.shift.weight[mode]
         # clamp, not relu: at identity init every pre-activation is exactly 0, where relu's gradient is 0 and
         # U would never learn; clamp's backward passes the gradient at the boundary (reference §1.4).
         h = a.clamp(min=0)
