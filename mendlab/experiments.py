@@ -55,6 +55,11 @@ def alg_settings(alg: str, task: str | None = None):
     raise ValueError(f"{alg!r} is not trained with train.py")
 
 
+# TrainConfig options added after editors were first cached: in the cache key only when set, so that the
+# editors trained before them keep their folders.
+_LATER_OPTIONS = {"locality_same_relation": 0.0}
+
+
 def _world(seed: int, world_seed: int | None) -> int:
     return seed if world_seed is None else world_seed
 
@@ -66,8 +71,9 @@ def editor_path(model_name: str, alg: str = "mend", variant: str = "mend", seed:
     prof = prof or profile()
     cfg = train_config or TrainConfig.for_profile(prof, seed=seed)
     ws = _world(seed, world_seed)
+    train_key = {k: v for k, v in asdict(cfg).items() if k not in _LATER_OPTIONS or v != _LATER_OPTIONS[k]}
     key = {"model": zoo.spec(model_name, prof, ws) if model_name in zoo.names() else model_name, "alg": alg,
-           "variant": variant, "task": task, "train": asdict(cfg), "claim_variants": CLAIM_VARIANTS}
+           "variant": variant, "task": task, "train": train_key, "claim_variants": CLAIM_VARIANTS}
     if alg == "mend":
         key["net"] = asdict(NetConfig.variant(variant))
     else:

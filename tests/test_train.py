@@ -124,3 +124,21 @@ def test_cosine_schedule_decays_both_learning_rates(micro):
     assert all(a >= b for a, b in zip(lrs, lrs[1:], strict=False))
     with pytest.raises(ValueError, match="schedule"):
         train(editor, model, tok, t.train, t.val, replace(CFG, schedule="linear"), progress=False)
+
+
+def test_later_options_enter_the_cache_key_only_when_set(tmp_path, monkeypatch):
+    from dataclasses import asdict, replace
+
+    from mendlab import experiments
+    from mendlab.config import config_hash
+
+    monkeypatch.setenv("MENDLAB_CACHE", str(tmp_path))
+    cfg = TrainConfig.for_profile("ci")
+    path = experiments.editor_path("some/local-model", train_config=cfg, prof="ci")
+    old = {k: v for k, v in asdict(cfg).items() if k != "locality_same_relation"}  # the key before the option
+    key = {"model": "some/local-model", "alg": "mend", "variant": "mend", "task": None, "train": old,
+           "claim_variants": experiments.CLAIM_VARIANTS, "net": asdict(experiments.NetConfig())}
+    assert path.name == f"local-model-mend-mend-{config_hash(key)}"
+    other = experiments.editor_path("some/local-model", train_config=replace(cfg, locality_same_relation=0.5),
+                                    prof="ci")
+    assert other != path
