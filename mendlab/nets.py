@@ -153,7 +153,12 @@ class LRLinear(nn.Module):
         else:
             a = (z @ self.v.T) @ self.u.T + self.bias
         if self.scale is not None:
-            a = a * self.scale.weight[mode] + self.shift.weight[mode]
+            if isinstance(mode, torch.Tensor) and not torch.is_grad_enabled():
+                # the same gather as indexing, ~10x cheaper on CPU; training keeps indexing, whose backward
+                # sums the scale's gradient in its own order (a different order moves the chaotic training)
+                a = a * self.scale.weight.index_select(0, mode) + self.shift.weight.index_select(0, mode)
+            else:
+                a = a * self.scale.weight[mode] + self.shift.weight[mode]
         # clamp, not relu: at identity init every pre-activation is exactly 0, where relu's gradient is 0 and
         # U would never learn; clamp's backward passes the gradient at the boundary (reference §1.4).
         h = a.clamp(min=0)

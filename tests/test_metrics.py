@@ -1,5 +1,4 @@
 import pytest
-import torch
 
 from mendlab import metrics, tasks
 from mendlab.editors.ft import FT, FTConfig

@@ -230,6 +230,21 @@ def test_modes_select_their_own_scale_and_offset():
     assert torch.equal(out0, out1) and not torch.equal(out0, out2)
 
 
+def test_per_row_modes_gather_the_same_tables_with_and_without_grad():
+    """Editing without a graph gathers the per-row scale and offset by index_select; the values are exactly those
+    of the indexing that training uses (rank 4 < D/2, so both take the factored product)."""
+    net = EditorNet(SHAPES, NetConfig(rank=4, norm=False))
+    _perturb(net)
+    rows = {n: (_rows(3 + i, s[0], seed=i), _rows(3 + i, s[1], seed=10 + i)) for i, (n, s) in enumerate(SHAPES.items())}
+    with torch.enable_grad():
+        graph = net.forward_all(rows)
+    with torch.no_grad():
+        plain = net.forward_all(rows)
+    for name in rows:
+        assert torch.equal(graph[name][0].detach(), plain[name][0])
+        assert torch.equal(graph[name][1].detach(), plain[name][1])
+
+
 @pytest.mark.parametrize("shared", [True, False])
 def test_forward_all_equals_per_weight_forward(shared):
     """All weights of a shape in one pass (per-row modes) = one weight at a time, once statistics are frozen."""
