@@ -233,7 +233,8 @@ def test_modes_select_their_own_scale_and_offset():
 def test_per_row_modes_gather_the_same_tables_with_and_without_grad():
     """Editing without a graph gathers the per-row scale and offset by index_select; the values are exactly those
     of the indexing that training uses (rank 4 < D/2, so both take the factored product)."""
-    net = EditorNet(SHAPES, NetConfig(rank=4, norm=False))
+    with torch.random.fork_rng():  # the tests after this one draw their initialisations as before it existed
+        net = EditorNet(SHAPES, NetConfig(rank=4, norm=False))
     _perturb(net)
     rows = {n: (_rows(3 + i, s[0], seed=i), _rows(3 + i, s[1], seed=10 + i)) for i, (n, s) in enumerate(SHAPES.items())}
     with torch.enable_grad():
