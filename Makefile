@@ -26,7 +26,8 @@ demo: setup
 	$(BIN)/mendlab demo
 
 test: setup
-	$(BIN)/python -m pytest -q tests
+	# two workers of one thread each: the six zoo builds run two at a time (tests/conftest.py)
+	$(BIN)/python -m pytest -q -n 2 --dist worksteal tests
 	$(BIN)/python -m pytest -q -p no:python --nbval --nbval-current-env \
 		--nbval-sanitize-with notebooks/sanitize.cfg --nbval-cell-timeout=900 notebooks
 

@@ -248,7 +248,9 @@ def test_per_row_modes_gather_the_same_tables_with_and_without_grad():
 
 @pytest.mark.parametrize("shared", [True, False])
 def test_forward_all_equals_per_weight_forward(shared):
-    """All weights of a shape in one pass (per-row modes) = one weight at a time, once statistics are frozen."""
+    """All weights of a shape in one pass (per-row modes) = one weight at a time, once statistics are frozen.
+
+    To float32 rounding: the two passes' matmuls have other shapes, so their sums round differently (seen: 3e-6)."""
     net = EditorNet(SHAPES, NetConfig(rank=4, shared=shared))
     _perturb(net)
     rows = {n: (_rows(3 + i, s[0], seed=i), _rows(3 + i, s[1], seed=10 + i)) for i, (n, s) in enumerate(SHAPES.items())}
@@ -257,8 +259,8 @@ def test_forward_all_equals_per_weight_forward(shared):
     together = net.forward_all(rows)
     for name, (u, d) in rows.items():
         alone = net(name, u, d)
-        torch.testing.assert_close(together[name][0], alone[0], rtol=1e-6, atol=1e-6)
-        torch.testing.assert_close(together[name][1], alone[1], rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(together[name][0], alone[0], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(together[name][1], alone[1], rtol=1e-5, atol=1e-5)
 
 
 def test_no_share_builds_one_transform_per_weight_without_tables():
