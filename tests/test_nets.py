@@ -26,8 +26,6 @@ from mendlab.families import default_edited_weights, is_conv1d, shape_key
 from mendlab.losses import forward, nll
 from mendlab.nets import IDMLP, VARIANTS, EditorNet, GradientTransform, LRLinear, NetConfig, Normalizer
 
-torch.set_num_threads(1)
-
 
 def _rows(n: int, dim: int, seed: int, dtype=torch.float32) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
@@ -233,8 +231,7 @@ def test_modes_select_their_own_scale_and_offset():
 def test_per_row_modes_gather_the_same_tables_with_and_without_grad():
     """Editing without a graph gathers the per-row scale and offset by index_select; the values are exactly those
     of the indexing that training uses (rank 4 < D/2, so both take the factored product)."""
-    with torch.random.fork_rng():  # the tests after this one draw their initialisations as before it existed
-        net = EditorNet(SHAPES, NetConfig(rank=4, norm=False))
+    net = EditorNet(SHAPES, NetConfig(rank=4, norm=False))
     _perturb(net)
     rows = {n: (_rows(3 + i, s[0], seed=i), _rows(3 + i, s[1], seed=10 + i)) for i, (n, s) in enumerate(SHAPES.items())}
     with torch.enable_grad():
