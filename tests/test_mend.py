@@ -45,6 +45,24 @@ def test_edit_every_kind(micro, model_type):
         torch.testing.assert_close(s[1].delta(name), alone.delta(name), rtol=1e-4, atol=1e-7)
 
 
+
+@pytest.mark.parametrize("model_type", ["gpt2", "bart", "t5", "bert"])
+def test_editset_forward_many_equals_one_forward_per_input(micro, model_type):
+    """Training's stacked pass over x'_e and x_loc (different widths) gives each input's own logits."""
+    model, tok, world = micro(model_type)
+    t = tasks.from_world(world, get_family(model).kind)
+    _primed.tok = tok
+    editor, _ = _primed(model, t.train[:4])
+    batch = Collator.for_model(model, tok)(t.train[4:7])
+    s = editor.edit(model, batch.edit_inner, separate=True)
+    with torch.no_grad():
+        many = s.forward_many(model, [batch.edit_outer, batch.loc])
+        for got, enc in zip(many, [batch.edit_outer, batch.loc], strict=True):
+            torch.testing.assert_close(got, s.forward(model, enc), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="one per edit"):
+        s.forward_many(model, [batch.edit_outer, {k: v[:2] for k, v in batch.loc.items()}])
+
+
 def test_edit_changes_the_prediction_direction(micro):
     """Identity-initialised editor with descent and norm off = a gradient step: the target gets likelier."""
     from mendlab import losses
