@@ -118,7 +118,8 @@ def train_editor(model_name: str = "tiny-gpt2", alg: str = "mend", variant: str 
     config = NetConfig.variant(variant) if alg == "mend" else alg_settings(alg, t.name)[0]
     editor = editor_class(alg).for_model(model, config)
     t0 = time.perf_counter()
-    result = train(editor, model, tok, t.train, t.val, cfg, out=path, progress=progress)
+    # force: start afresh, even where an interrupted (or finished) run left its checkpoint to resume from
+    result = train(editor, model, tok, t.train, t.val, cfg, out=path, progress=progress, resume=not force)
     n_params = (editor.net.count_parameters() if alg == "mend"
                 else sum(p.numel() for p in editor.parameters() if p.requires_grad))
     card = {"model": model_name, "alg": alg, "variant": variant, "seed": seed, "world_seed": ws, "task": t.name,

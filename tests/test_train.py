@@ -54,6 +54,22 @@ def test_resume_after_interruption_reaches_the_same_best(micro, tmp_path):
     assert len(resumed.history) == len(full.history)
 
 
+
+def test_resume_false_starts_afresh_over_a_finished_run(micro, tmp_path):
+    """``train_editor(force=True)`` passes ``resume=False``: a finished run's checkpoint must not be resumed."""
+    editor, model, tok, t = _setup(micro)
+    first = train(editor, model, tok, t.train, t.val, CFG, out=tmp_path, progress=False)
+    editor, *_ = _setup(micro)
+    again = train(editor, model, tok, t.train, t.val, CFG, out=tmp_path, progress=False)
+    assert again.history == first.history  # resumed at step 12: nothing new was trained
+    editor, *_ = _setup(micro)
+    calls = []
+    fresh = train(editor, model, tok, t.train, t.val, CFG, out=tmp_path, progress=False, resume=False,
+                  callback=lambda step, record: calls.append(step))
+    assert calls == list(range(1, 13)) and [r["step"] for r in fresh.history] == calls
+    assert fresh.best_val == pytest.approx(first.best_val, rel=1e-4)
+
+
 def test_persistent_non_finite_steps_stop_training(micro):
     editor, model, tok, t = _setup(micro)
     with torch.no_grad():
