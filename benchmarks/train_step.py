@@ -10,7 +10,7 @@ profile's. Timed, interleaved in one process, medians after warm-ups:
 
 - ``step``: what ``mendlab.train.train`` does per optimiser step: zero the gradients, ``train.edit_step``
   (pre-edit logits on x_loc, the 10 separate edits, post-edit logits on x'_e and x_loc, the loss), the
-  backward to the editor, clipping and the fused Adam step;
+  backward to the editor, clipping and the Adam step;
 - ``fwd_bwd_10``: the base model's forward on the 10 edit sequences, the NLL and ``loss.backward()`` with every
   parameter requiring grad (``fwd_bwd_10`` in ``reference/performance.md``).
 """
@@ -55,7 +55,7 @@ def bench(name: str, device: str, repeats: int, warmup: int) -> dict:
     batch = EditBatch(batch_input(vocab, device, 0), batch_input(vocab, device, 1), batch_input(vocab, device, 2))
     cfg = TrainConfig.for_profile("ci", device=device)
     editor = MEND.for_model(model, NetConfig()).to(device).train()
-    opt = torch.optim.Adam(editor.param_groups(cfg.lr, cfg.lr_lr), fused=device.split(":")[0] in ("cpu", "cuda"))
+    opt = torch.optim.Adam(editor.param_groups(cfg.lr, cfg.lr_lr))
     params = [p for g in opt.param_groups for p in g["params"]]
 
     def step():
