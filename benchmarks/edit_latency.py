@@ -44,6 +44,21 @@ def build(name: str, device: str) -> tuple[str, torch.nn.Module]:
     raise SystemExit(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
 
 
+def report(args: argparse.Namespace, bench, columns: list[tuple[str, str, int]]) -> None:
+    """Runs ``bench`` on each of ``--models``; prints one JSON line per model, or a table of ``columns``
+    given as ``(key, title, width)`` (ratios to two decimals, milliseconds to one)."""
+    if not args.json:
+        print(f"{'model':<26} " + " ".join(f"{title:>{width}}" for _, title, width in columns) + "  editor")
+    for name in args.models.split(","):
+        row = bench(name.strip(), args.device, args.repeats, args.warmup)
+        if args.json:
+            print(json.dumps(row), flush=True)
+            continue
+        cells = " ".join(f"{row[key]:>{width}.{2 if 'ratio' in key else 1}f}" for key, _, width in columns)
+        print(f"{row['model']:<26} {cells}  {row['editor_params'] / 1e6:.1f}M params, {row['edited_weights']} weights",
+              flush=True)
+
+
 def edit_input(vocab_size: int, device: str, seed: int = 0) -> dict[str, torch.Tensor]:
     """One edit request: input_ids, attention_mask, labels [1, 24], labels on the last 6 tokens."""
     ids = torch.randint(vocab_size, (1, SEQ_LEN), generator=torch.Generator().manual_seed(seed))
@@ -57,6 +72,46 @@ def clock(device: str) -> float:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     return time.perf_counter()
+
+
+def median_ms(ops: dict, model: torch.nn.Module, device: str, repeats: int, warmup: int) -> dict[str, float]:
+    """Median milliseconds of each op, run interleaved (op 1, op 2, ..., op 1, ...) so that a slow moment of the
+    machine hits all alike; ``warmup`` untimed rounds first; the model's gradients zeroed outside the clock."""
+    times: dict[str, list[float]] = {k: [] for k in ops}
+    for i in range(warmup + repeats):
+        for key, op in ops.items():
+            model.zero_grad(set_to_none=True)
+            start = clock(device)
+            op()
+            elapsed = clock(device) - start
+            if i >= warmup:
+                times[key].append(elapsed * 1e3)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def run_info(model, editor, device: str, repeats: int, warmup: int) -> dict:
+    """The keys every benchmark row ends with: sizes and the settings it was timed under."""
+    return {"model_params": sum(p.numel() for p in model.parameters()),
+            "editor_params": editor.net.count_parameters(), "edited_weights": len(editor.names),
+            "device": device, "threads": torch.get_num_threads(), "repeats": repeats, "warmup": warmup}
+
+
+def parse_args(argv: list[str] | None, description: str) -> argparse.Namespace:
+    """The options both benchmarks take; sets the thread count, the seed and quiet loading."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, from {', '.join(MODELS)}")
+    parser.add_argument("--repeats", type=int, default=15, help="timed runs per operation (median reported)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed runs first")
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--json", action="store_true", help="one JSON object per model, one per line")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    transformers.utils.logging.disable_progress_bar()
+    if not args.json:
+        print(f"device {args.device}, {args.threads} threads, median of {args.repeats} after {args.warmup} warm-ups")
+    return args
 
 
 def bench(name: str, device: str, repeats: int, warmup: int) -> dict:
@@ -80,50 +135,17 @@ def bench(name: str, device: str, repeats: int, warmup: int) -> dict:
     def edit_apply():
         editor.edit(model, enc).forward(model, enc)
 
-    ops = {"edit": edit, "fwd_bwd": fwd_bwd, "edit_apply": edit_apply}
-    times: dict[str, list[float]] = {k: [] for k in ops}
-    for i in range(warmup + repeats):
-        for key, op in ops.items():
-            model.zero_grad(set_to_none=True)
-            start = clock(device)
-            op()
-            elapsed = clock(device) - start
-            if i >= warmup:
-                times[key].append(elapsed * 1e3)
-    ms = {k: statistics.median(v) for k, v in times.items()}
+    ms = median_ms({"edit": edit, "fwd_bwd": fwd_bwd, "edit_apply": edit_apply}, model, device, repeats, warmup)
     return {"model": label, "edit_ms": round(ms["edit"], 2), "fwd_bwd_ms": round(ms["fwd_bwd"], 2),
             "ratio": round(ms["edit"] / ms["fwd_bwd"], 3), "edit_apply_ms": round(ms["edit_apply"], 2),
             "edit_apply_ratio": round(ms["edit_apply"] / ms["fwd_bwd"], 3),
-            "model_params": sum(p.numel() for p in model.parameters()),
-            "editor_params": editor.net.count_parameters(), "edited_weights": len(editor.names),
-            "device": device, "threads": torch.get_num_threads(), "repeats": repeats, "warmup": warmup}
+            **run_info(model, editor, device, repeats, warmup)}
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, from {', '.join(MODELS)}")
-    parser.add_argument("--repeats", type=int, default=15, help="timed runs per operation (median reported)")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed runs first")
-    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--json", action="store_true", help="one JSON object per model, one per line")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    transformers.utils.logging.disable_progress_bar()
-
-    header = f"{'model':<26} {'edit ms':>9} {'fwd+bwd ms':>11} {'ratio':>6} {'edit+fwd ms':>12} {'ratio':>6}  editor"
-    if not args.json:
-        print(f"device {args.device}, {args.threads} threads, median of {args.repeats} after {args.warmup} warm-ups")
-        print(header)
-    for name in args.models.split(","):
-        row = bench(name.strip(), args.device, args.repeats, args.warmup)
-        if args.json:
-            print(json.dumps(row), flush=True)
-        else:
-            print(f"{row['model']:<26} {row['edit_ms']:>9.1f} {row['fwd_bwd_ms']:>11.1f} {row['ratio']:>6.2f} "
-                  f"{row['edit_apply_ms']:>12.1f} {row['edit_apply_ratio']:>6.2f}  "
-                  f"{row['editor_params'] / 1e6:.1f}M params, {row['edited_weights']} weights", flush=True)
+    args = parse_args(argv, __doc__.split("\n\n")[0])
+    report(args, bench, [("edit_ms", "edit ms", 9), ("fwd_bwd_ms", "fwd+bwd ms", 11), ("ratio", "ratio", 6),
+                         ("edit_apply_ms", "edit+fwd ms", 12), ("edit_apply_ratio", "ratio", 6)])
 
 
 if __name__ == "__main__":

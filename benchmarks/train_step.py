@@ -17,17 +17,13 @@ profile's. Timed, interleaved in one process, medians after warm-ups:
 
 from __future__ import annotations
 
-import argparse
-import json
-import statistics
 import sys
 from pathlib import Path
 
 import torch
-import transformers
 
 sys.path.insert(0, str(Path(__file__).parent))
-from edit_latency import MODELS, build, clock  # noqa: E402
+from edit_latency import build, median_ms, parse_args, report, run_info  # noqa: E402
 
 from mendlab.data import EditBatch  # noqa: E402
 from mendlab.editors.mend import MEND  # noqa: E402
@@ -69,46 +65,14 @@ def bench(name: str, device: str, repeats: int, warmup: int) -> dict:
         model.requires_grad_(True)
         nll(kind, forward(model, batch.edit_inner), batch.edit_inner["labels"]).backward()
 
-    ops = {"step": step, "fwd_bwd_10": fwd_bwd_10}
-    times: dict[str, list[float]] = {k: [] for k in ops}
-    for i in range(warmup + repeats):
-        for key, op in ops.items():
-            model.zero_grad(set_to_none=True)
-            start = clock(device)
-            op()
-            elapsed = clock(device) - start
-            if i >= warmup:
-                times[key].append(elapsed * 1e3)
-    ms = {k: statistics.median(v) for k, v in times.items()}
+    ms = median_ms({"step": step, "fwd_bwd_10": fwd_bwd_10}, model, device, repeats, warmup)
     return {"model": label, "step_ms": round(ms["step"], 2), "fwd_bwd_10_ms": round(ms["fwd_bwd_10"], 2),
-            "ratio": round(ms["step"] / ms["fwd_bwd_10"], 3),
-            "model_params": sum(p.numel() for p in model.parameters()),
-            "editor_params": editor.net.count_parameters(), "edited_weights": len(editor.names),
-            "device": device, "threads": torch.get_num_threads(), "repeats": repeats, "warmup": warmup}
+            "ratio": round(ms["step"] / ms["fwd_bwd_10"], 3), **run_info(model, editor, device, repeats, warmup)}
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, from {', '.join(MODELS)}")
-    parser.add_argument("--repeats", type=int, default=15, help="timed runs per operation (median reported)")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed runs first")
-    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--json", action="store_true", help="one JSON object per model, one per line")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    transformers.utils.logging.disable_progress_bar()
-    if not args.json:
-        print(f"device {args.device}, {args.threads} threads, median of {args.repeats} after {args.warmup} warm-ups")
-        print(f"{'model':<26} {'step ms':>9} {'fwd_bwd_10 ms':>14} {'ratio':>6}  editor")
-    for name in args.models.split(","):
-        row = bench(name.strip(), args.device, args.repeats, args.warmup)
-        if args.json:
-            print(json.dumps(row), flush=True)
-        else:
-            print(f"{row['model']:<26} {row['step_ms']:>9.1f} {row['fwd_bwd_10_ms']:>14.1f} {row['ratio']:>6.2f}  "
-                  f"{row['editor_params'] / 1e6:.1f}M params, {row['edited_weights']} weights", flush=True)
+    args = parse_args(argv, __doc__.split("\n\n")[0])
+    report(args, bench, [("step_ms", "step ms", 9), ("fwd_bwd_10_ms", "fwd_bwd_10 ms", 14), ("ratio", "ratio", 6)])
 
 
 if __name__ == "__main__":
