@@ -30,7 +30,7 @@ from mendlab.editors.mend import MEND  # noqa: E402
 from mendlab.families import get_family  # noqa: E402
 from mendlab.losses import forward, nll  # noqa: E402
 from mendlab.nets import NetConfig  # noqa: E402
-from mendlab.train import TrainConfig, edit_step  # noqa: E402
+from mendlab.train import TrainConfig, edit_step, optimizer  # noqa: E402
 
 BATCH, SEQ_LEN, N_LABELS = 10, 24, 6
 
@@ -51,7 +51,7 @@ def bench(name: str, device: str, repeats: int, warmup: int) -> dict:
     batch = EditBatch(batch_input(vocab, device, 0), batch_input(vocab, device, 1), batch_input(vocab, device, 2))
     cfg = TrainConfig.for_profile("ci", device=device)
     editor = MEND.for_model(model, NetConfig()).to(device).train()
-    opt = torch.optim.Adam(editor.param_groups(cfg.lr, cfg.lr_lr))
+    opt = optimizer(editor, cfg)
     params = [p for g in opt.param_groups for p in g["params"]]
 
     def step():
