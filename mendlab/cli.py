@@ -63,9 +63,15 @@ def cmd_zoo(args) -> None:
                           f"  {r['path']}" for r in rows)
         _emit(args, {"models": rows}, human)
         return
-    card = zoo.build(args.name, seed=args.seed, progress=not args.json)
+    if (args.name is None) == (not args.all):
+        raise ValueError("mendlab zoo build: give one model NAME or --all, not both or neither")
     keys = ("name", "model_type", "path", "params", "seconds", "cached", "acc_train", "acc_heldout_template",
             "build_seconds")
+    if args.all:
+        cards = [zoo.build(name, seed=args.seed, progress=not args.json) for name in zoo.names()]
+        _emit(args, {"models": [{k: c[k] for k in keys} for c in cards]}, "\n".join(map(_card_line, cards)))
+        return
+    card = zoo.build(args.name, seed=args.seed, progress=not args.json)
     _emit(args, {k: card[k] for k in keys}, _card_line(card))
 
 
@@ -237,8 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     z = sub.add_parser("zoo", help="build or list the small base models")
     zsub = z.add_subparsers(dest="zoo_cmd", required=True)
-    zb = zsub.add_parser("build", help="build (or find cached) one zoo model")
-    zb.add_argument("name")
+    zb = zsub.add_parser("build", help="build (or find cached) one zoo model, or all of them")
+    zb.add_argument("name", nargs="?", default=None)
+    zb.add_argument("--all", action="store_true", help="every zoo model, in turn")
     zl = zsub.add_parser("list", help="list zoo models and whether they are built")
     for q in (zb, zl):
         q.add_argument("--seed", type=int, default=None)

@@ -214,7 +214,21 @@ def _cloze_loss(model, tokenizer, batch: list[tuple[str, int]]) -> torch.Tensor:
 
 
 def train_model(s: ZooSpec, progress: bool = True):
-    """Build tokenizer and model for ``s`` and train it; returns (model, tokenizer, metrics)."""
+    """Build tokenizer and model for ``s`` and train it; returns (model, tokenizer, metrics).
+
+    Trains on one CPU thread whatever the caller set: sums split over threads round differently, and the cache
+    key is the spec alone, so a model must not depend on who built it (a notebook on two threads, a test worker on
+    one). The caller's thread count is restored afterwards.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train_model(s, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_model(s: ZooSpec, progress: bool):
     from tqdm.auto import tqdm
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
 

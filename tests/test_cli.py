@@ -59,3 +59,23 @@ def test_train_set_parses_train_config_fields():
         "lr": 1e-4, "schedule": "constant", "resample_target": False}
     with pytest.raises(SystemExit, match="schedule"):
         _settings(["learning_rate=1"], TrainConfig)
+
+
+def test_zoo_build_takes_one_name_or_all(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("MENDLAB_CACHE", str(tmp_path))
+    assert main(["zoo", "build"]) == 2
+    assert main(["zoo", "build", "tiny-gpt2", "--all"]) == 2
+    assert "--all" in capsys.readouterr().err
+    from mendlab import zoo
+
+    built = []
+
+    def fake_build(name, profile=None, seed=None, progress=True):
+        built.append((name, seed))
+        return {"name": name, "model_type": "x", "path": str(tmp_path / name), "params": 1, "seconds": 0.0,
+                "cached": True, "acc_train": 1.0, "acc_heldout_template": 1.0, "build_seconds": 0.0}
+
+    monkeypatch.setattr(zoo, "build", fake_build)
+    assert main(["zoo", "build", "--all", "--seed", "1", "--json"]) == 0
+    assert built == [(n, 1) for n in zoo.names()]
+    assert [m["name"] for m in last_json(capsys)["models"]] == zoo.names()

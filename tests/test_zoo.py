@@ -100,3 +100,16 @@ def test_probe_table(cache):
     assert set(df.truth) <= {o for r in world.relations for o in r.objects}
     assert df.correct.equals(df.prediction == df.truth)
     assert list(probe.summary(df).columns) == ["trained templates", "held-out template"]
+
+
+def test_a_build_trains_on_one_thread_and_restores_the_callers(monkeypatch):
+    seen = []
+    loss = zoo._loss
+    monkeypatch.setattr(zoo, "_loss", lambda *a: (seen.append(torch.get_num_threads()), loss(*a))[1])
+    torch.set_num_threads(2)
+    try:
+        zoo.train_model(MICRO, progress=False)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)
+    assert seen and set(seen) == {1}
