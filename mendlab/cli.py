@@ -85,6 +85,7 @@ def _editor_dir(path: str) -> tuple[Path, dict]:
 
 def cmd_train(args) -> None:
     from mendlab import experiments
+    from mendlab.nets import NetConfig
     from mendlab.train import TrainConfig
 
     overrides = {k: v for k, v in (("steps", args.steps), ("time_limit", args.time_limit)) if v is not None}
@@ -95,8 +96,11 @@ def cmd_train(args) -> None:
     if args.alg in TRAINED and args.alg != "mend":
         overrides = {**experiments.alg_settings(args.alg, args.task)[1], **overrides}
     cfg = TrainConfig.for_profile(seed=args.seed, **overrides)
+    net = _settings(args.net, NetConfig, "--net")
+    names = [n.strip() for n in args.weights.split(",") if n.strip()] if args.weights else None
     _, _, _, card = experiments.train_editor(args.model, args.alg, args.variant, args.seed, args.task, args.out,
-                                             cfg, progress=not args.json, force=args.force)
+                                             cfg, progress=not args.json, force=args.force, names=names,
+                                             net=net or None)
     if "lr" in card:  # FT / FT+KL: nothing trained, an lr chosen on validation edits
         sweep = "\n".join(f"  lr {r['lr']:g}: es_edit {r['es_edit']:.3f}, es_rephrase {r['es_rephrase']:.3f}"
                           for r in card["sweep"])
@@ -110,7 +114,7 @@ def cmd_train(args) -> None:
     _emit(args, card, human)
 
 
-def _settings(pairs, config_class) -> dict:
+def _settings(pairs, config_class, option: str = "--set") -> dict:
     """``["lr=1e-4", "schedule=constant"]`` → overrides of ``config_class``'s fields (values parsed as JSON)."""
     import dataclasses
 
@@ -119,7 +123,7 @@ def _settings(pairs, config_class) -> dict:
     for pair in pairs or ():
         key, sep, value = pair.partition("=")
         if not sep or key not in fields:
-            raise SystemExit(f"--set takes KEY=VALUE with KEY one of {sorted(fields)}; got {pair!r}")
+            raise SystemExit(f"{option} takes KEY=VALUE with KEY one of {sorted(fields)}; got {pair!r}")
         try:
             out[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -265,6 +269,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--time-limit", type=float, default=None, help="seconds")
     t.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="a TrainConfig field, e.g. --set lr=1e-4 --set schedule=constant (repeatable)")
+    t.add_argument("--net", action="append", metavar="KEY=VALUE",
+                   help="a NetConfig field of MEND's editor network, e.g. --net rank=64 (repeatable)")
+    t.add_argument("--weights", default=None, metavar="NAME[,NAME...]",
+                   help="the weights to edit, full parameter names (default: the family's, see `families`)")
     t.add_argument("--force", action="store_true", help="retrain even when cached")
     t.add_argument("--json", action="store_true")
     t.set_defaults(func=cmd_train)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import torch
 
 from mendlab import metrics, tasks, zoo
 from mendlab.config import cache_dir, config_hash, profile
-from mendlab.families import get_family
+from mendlab.families import edited_weights, get_family
 from mendlab.nets import NetConfig
 from mendlab.train import TrainConfig, train
 
@@ -66,7 +67,8 @@ def _world(seed: int, world_seed: int | None) -> int:
 
 def editor_path(model_name: str, alg: str = "mend", variant: str = "mend", seed: int = 0,
                 task: str | None = None, train_config: TrainConfig | None = None, prof: str | None = None,
-                world_seed: int | None = None) -> Path:
+                world_seed: int | None = None, names: Sequence[str] | None = None,
+                net: dict | None = None) -> Path:
     """Where ``train_editor`` caches this editor: a folder named by model, alg, variant and a config hash."""
     prof = prof or profile()
     cfg = train_config or TrainConfig.for_profile(prof, seed=seed)
@@ -75,15 +77,18 @@ def editor_path(model_name: str, alg: str = "mend", variant: str = "mend", seed:
     key = {"model": zoo.spec(model_name, prof, ws) if model_name in zoo.names() else model_name, "alg": alg,
            "variant": variant, "task": task, "train": train_key, "claim_variants": CLAIM_VARIANTS}
     if alg == "mend":
-        key["net"] = asdict(NetConfig.variant(variant))
+        key["net"] = asdict(NetConfig.variant(variant, **(net or {})))
     else:
         key["editor"] = asdict(alg_settings(alg, task)[0]) if alg in ("ke", "enn") else None
+    if names is not None:  # only when given, so that the family defaults keep their cache entries
+        key["names"] = list(names)
     return cache_dir() / "editors" / f"{Path(model_name).name}-{alg}-{variant}-{config_hash(key)}"
 
 
 def train_editor(model_name: str = "tiny-gpt2", alg: str = "mend", variant: str = "mend", seed: int = 0,
                  task: str | None = None, out: str | Path | None = None, train_config: TrainConfig | None = None,
-                 progress: bool = True, force: bool = False, world_seed: int | None = None):
+                 progress: bool = True, force: bool = False, world_seed: int | None = None,
+                 names: Sequence[str] | None = None, net: dict | None = None):
     """(editor, model, tokenizer, card): train an editor for a zoo model (or a local model folder), or load it
     from the cache when the same configuration was trained before. ``seed`` picks the world (zoo models) and the
     editor's initialisation and sampling; ``world_seed``, when given, picks the world (and base model) instead.
@@ -91,12 +96,19 @@ def train_editor(model_name: str = "tiny-gpt2", alg: str = "mend", variant: str 
 
     ``alg`` is one of ``mendlab.editors.ALGS``; ``variant`` is a MEND ablation (``NetConfig.variant``). FT and
     FT+KL train nothing: their learning rate is chosen on the validation split instead (:func:`ft_editor`).
+    ``names``: the weights to edit, full parameter names (default: the family's, see ``families``); ``net``:
+    ``NetConfig`` fields to override on top of the variant (MEND only), e.g. ``{"rank": 64}``. Both enter the cache
+    key.
     """
     from mendlab.editors import ALGS, TRAINED, editor_class, load_editor
 
     if alg not in ALGS:
         raise ValueError(f"unknown alg {alg!r}; choose one of {ALGS}")
+    if net and alg != "mend":
+        raise ValueError(f"net overrides NetConfig, MEND's editor network; alg {alg!r} has none")
     if alg not in TRAINED:
+        if names is not None:
+            raise ValueError(f"{alg} sweeps its lr over the family's default weights; names are not supported")
         return ft_editor(model_name, alg, seed, task, progress=progress, force=force, world_seed=world_seed)
     if alg != "mend" and variant != "mend":
         raise ValueError(f"variants are MEND ablations; alg {alg!r} takes none")
@@ -107,7 +119,10 @@ def train_editor(model_name: str = "tiny-gpt2", alg: str = "mend", variant: str 
     model, tok = zoo.load(model_name, seed=ws if model_name in zoo.names() else None, progress=progress)
     if task == tasks.DEFAULT_TASK[get_family(model).kind]:
         task = None  # the default task and None are one cache entry
-    path = Path(out) if out is not None else editor_path(model_name, alg, variant, seed, task, cfg, prof, world_seed)
+    if names is not None:
+        names = edited_weights(model, names)  # a clear error for a name the model lacks, before any training
+    path = Path(out) if out is not None else editor_path(model_name, alg, variant, seed, task, cfg, prof, world_seed,
+                                                         names, net)
     card_file = path / "train_card.json"
     if card_file.exists() and (path / "best").exists() and not force:
         editor = load_editor(path / "best", model)
@@ -115,8 +130,8 @@ def train_editor(model_name: str = "tiny-gpt2", alg: str = "mend", variant: str 
         return editor, model, tok, {**card, "cached": True}
     t = _task_for(model_name, model, task, ws)
     torch.manual_seed(seed)
-    config = NetConfig.variant(variant) if alg == "mend" else alg_settings(alg, t.name)[0]
-    editor = editor_class(alg).for_model(model, config)
+    config = NetConfig.variant(variant, **(net or {})) if alg == "mend" else alg_settings(alg, t.name)[0]
+    editor = editor_class(alg).for_model(model, config, names=names)
     t0 = time.perf_counter()
     # force: start afresh, even where an interrupted (or finished) run left its checkpoint to resume from
     result = train(editor, model, tok, t.train, t.val, cfg, out=path, progress=progress, resume=not force)

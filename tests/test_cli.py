@@ -79,3 +79,30 @@ def test_zoo_build_takes_one_name_or_all(capsys, tmp_path, monkeypatch):
     assert main(["zoo", "build", "--all", "--seed", "1", "--json"]) == 0
     assert built == [(n, 1) for n in zoo.names()]
     assert [m["name"] for m in last_json(capsys)["models"]] == zoo.names()
+
+
+def test_train_weights_and_net_reach_the_saved_editor(capsys, tmp_path, monkeypatch):
+    """``--weights`` picks the edited weights and ``--net`` overrides NetConfig; both land in the saved editor,
+    and a weight the model lacks is a clear error before any training."""
+    monkeypatch.setenv("MENDLAB_CACHE", str(tmp_path / "cache"))
+    from mendlab import zoo
+    from mendlab.editors import load_editor
+    from mendlab.world import WorldConfig
+
+    micro = zoo.ZooSpec("micro-gpt2", "gpt2", dict(n_layer=2, n_embd=32, n_head=2, n_positions=128), steps=3,
+                        batch_size=8, world=WorldConfig(n_subjects=20))
+    path = zoo.build(micro, progress=False)["path"]
+    weight = "transformer.h.1.mlp.c_fc.weight"
+    out = tmp_path / "ed"
+    args = ["train", "--model", path, "--weights", weight, "--net", "rank=8", "--steps", "2", "--set", "val_size=4",
+            "--out", str(out), "--json"]
+    assert main(args) == 0
+    card = last_json(capsys)
+    model, _ = zoo.load(path)
+    editor = load_editor(out / "best", model)
+    assert editor.names == [weight] and editor.config.rank == 8 and card["steps"] == 2
+    assert main(["train", "--model", path, "--weights", "transformer.h.9.mlp.c_fc.weight", "--steps", "2",
+                 "--out", str(tmp_path / "bad"), "--json"]) == 2
+    assert "h.9" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    with pytest.raises(SystemExit, match="--net"):
+        main(["train", "--model", path, "--net", "width=3", "--json"])
