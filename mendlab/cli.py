@@ -65,13 +65,19 @@ def cmd_zoo(args) -> None:
         return
     if (args.name is None) == (not args.all):
         raise ValueError("mendlab zoo build: give one model NAME or --all, not both or neither")
+    if args.all and (args.config or args.set):
+        raise ValueError("mendlab zoo build: --config and --set change one model; give its NAME, not --all")
     keys = ("name", "model_type", "path", "params", "seconds", "cached", "acc_train", "acc_heldout_template",
             "build_seconds")
     if args.all:
         cards = [zoo.build(name, seed=args.seed, progress=not args.json) for name in zoo.names()]
         _emit(args, {"models": [{k: c[k] for k in keys} for c in cards]}, "\n".join(map(_card_line, cards)))
         return
-    card = zoo.build(args.name, seed=args.seed, progress=not args.json)
+    name = args.name
+    if args.config or args.set:
+        name = zoo.variant(args.name, seed=args.seed, config=_pairs(args.config, "--config"),
+                           **_pairs(args.set, "--set"))
+    card = zoo.build(name, seed=args.seed, progress=not args.json)
     _emit(args, {k: card[k] for k in keys}, _card_line(card))
 
 
@@ -114,21 +120,29 @@ def cmd_train(args) -> None:
     _emit(args, card, human)
 
 
-def _settings(pairs, config_class, option: str = "--set") -> dict:
-    """``["lr=1e-4", "schedule=constant"]`` → overrides of ``config_class``'s fields (values parsed as JSON)."""
-    import dataclasses
-
-    fields = {f.name for f in dataclasses.fields(config_class)}
+def _pairs(pairs, option: str) -> dict:
+    """``["num_hidden_layers=6", "lr=1e-3"]`` → a dict (values parsed as JSON, else kept as strings)."""
     out = {}
     for pair in pairs or ():
         key, sep, value = pair.partition("=")
-        if not sep or key not in fields:
-            raise SystemExit(f"{option} takes KEY=VALUE with KEY one of {sorted(fields)}; got {pair!r}")
+        if not sep or not key:
+            raise SystemExit(f"{option} takes KEY=VALUE; got {pair!r}")
         try:
             out[key] = json.loads(value)
         except json.JSONDecodeError:
             out[key] = value
     return out
+
+
+def _settings(pairs, config_class, option: str = "--set") -> dict:
+    """``["lr=1e-4", "schedule=constant"]`` → overrides of ``config_class``'s fields (values parsed as JSON)."""
+    import dataclasses
+
+    fields = {f.name for f in dataclasses.fields(config_class)}
+    for pair in pairs or ():
+        if pair.partition("=")[0] not in fields or "=" not in pair:
+            raise SystemExit(f"{option} takes KEY=VALUE with KEY one of {sorted(fields)}; got {pair!r}")
+    return _pairs(pairs, option)
 
 
 def _load_editor(args):
@@ -169,12 +183,25 @@ def cmd_compare(args) -> None:
 
     from mendlab import experiments
 
+    from mendlab import report
+    from mendlab.config import profile
+
     setups = [tuple(s.split(":", 1)) for s in args.setup] or list(experiments.DEFAULT_SETUPS)
-    frame = experiments.compare(setups, args.algs.split(","), [int(s) for s in args.seeds.split(",")], n=args.n,
-                                split=args.split, steps=args.steps, n_val=args.n_val, world_seed=args.world_seed,
-                                progress=not args.json)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    table = None
     if args.out:
-        frame.to_csv(args.out, index=False)
+        table = report.ResultsTable(args.out, report.provenance(
+            report.command_line(), profile(), seeds, setups=[":".join(s) for s in setups], algs=args.algs,
+            split=args.split, n=args.n, steps=args.steps, n_val=args.n_val, world_seed=args.world_seed))
+    frame = experiments.compare(setups, args.algs.split(","), seeds, n=args.n, split=args.split, steps=args.steps,
+                                n_val=args.n_val, world_seed=args.world_seed, progress=not args.json,
+                                on_row=table.add if table else None)
+    if table is not None:
+        table.close()
+        if args.figure:
+            from mendlab import plots
+
+            plots.compare(frame).savefig(args.figure, dpi=120, bbox_inches="tight")
     with pd.option_context("display.width", 200):
         human = experiments.summarize(frame).to_string()
     _emit(args, {"rows": frame.round(5).to_dict(orient="records")}, human)
@@ -250,6 +277,12 @@ def build_parser() -> argparse.ArgumentParser:
     zb = zsub.add_parser("build", help="build (or find cached) one zoo model, or all of them")
     zb.add_argument("name", nargs="?", default=None)
     zb.add_argument("--all", action="store_true", help="every zoo model, in turn")
+    zb.add_argument("--config", action="append", metavar="KEY=VALUE",
+                    help="a field of the model's HF config, e.g. --config num_hidden_layers=6 (repeatable); the "
+                         "variant is built into a cache folder of its own, which `train --model` takes")
+    zb.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="a ZooSpec field (steps, lr, cloze_steps, ...) or a world's as world_FIELD, e.g. "
+                         "--set world_n_subjects=80 (repeatable)")
     zl = zsub.add_parser("list", help="list zoo models and whether they are built")
     for q in (zb, zl):
         q.add_argument("--seed", type=int, default=None)
@@ -313,7 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--world-seed", type=int, default=None,
                    help="one world and base model for every seed (the seeds then vary only the editors)")
     c.add_argument("--split", default="test", choices=("val", "test"))
-    c.add_argument("--out", default=None, help="also write the rows as CSV")
+    c.add_argument("--out", default=None, help="also write the rows as CSV, row by row, with a provenance sidecar "
+                                               "(e.g. results/compare_ci.csv)")
+    c.add_argument("--figure", default=None, help="with --out: also save the comparison figure (e.g. .png)")
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_compare)
 

@@ -32,11 +32,15 @@ def compare_budget(prof: str | None = None) -> dict:
 # Claims have two labels, so a claim request cannot get a fresh target (``TrainConfig.resample_target``): the
 # training split gets this many redrawn claims per training fact instead (val and test are unchanged).
 CLAIM_VARIANTS = 7
+# Generation requests per subject: 200 in the train split (28k distinct requests on the ci world, the paper
+# trains on ~68k), 8 in val and test (160 and 320 requests, so one request moves ES by well under 0.01).
+GEN_VARIANTS, GEN_EVAL_VARIANTS = 200, 8
+TASK_DATA = {"claim_variants": CLAIM_VARIANTS, "gen_variants": GEN_VARIANTS, "gen_eval_variants": GEN_EVAL_VARIANTS}
 
 
 def _task_for(model_name: str, model, task: str | None, seed: int | None):
     world = zoo.world_of(model_name, seed=seed)
-    return tasks.from_world(world, get_family(model).kind, task, claim_variants=CLAIM_VARIANTS)
+    return tasks.from_world(world, get_family(model).kind, task, **TASK_DATA)
 
 
 def alg_settings(alg: str, task: str | None = None):
@@ -75,7 +79,7 @@ def editor_path(model_name: str, alg: str = "mend", variant: str = "mend", seed:
     ws = _world(seed, world_seed)
     train_key = {k: v for k, v in asdict(cfg).items() if k not in _LATER_OPTIONS or v != _LATER_OPTIONS[k]}
     key = {"model": zoo.spec(model_name, prof, ws) if model_name in zoo.names() else model_name, "alg": alg,
-           "variant": variant, "task": task, "train": train_key, "claim_variants": CLAIM_VARIANTS}
+           "variant": variant, "task": task, "train": train_key, **TASK_DATA}
     if alg == "mend":
         key["net"] = asdict(NetConfig.variant(variant, **(net or {})))
     else:
@@ -165,7 +169,7 @@ def ft_editor(model_name: str = "tiny-gpt2", alg: str = "ft", seed: int = 0, tas
     locality = [e.locality for e in t.train if e.locality is not None] if alg == "ft_kl" else None
     key = {"model": zoo.spec(model_name, prof, ws) if model_name in zoo.names() else model_name, "alg": alg,
            "task": t.name, "ft": asdict(config), "lrs": list(lrs), "n_val": n_val,
-           "claim_variants": CLAIM_VARIANTS}
+           **TASK_DATA}
     path = cache_dir() / "editors" / f"{Path(model_name).name}-{alg}-{config_hash(key)}"
     card_file = path / "train_card.json"
     if card_file.exists() and not force:
@@ -253,7 +257,7 @@ def editor_for(model_name: str, alg: str, seed: int = 0, task: str | None = None
 
 def compare(setups=DEFAULT_SETUPS, algs=("ft", "ft_kl", "ke", "enn", "mend"), seeds=(0, 1, 2), *,
             n: int | None = None, split: str = "test", steps: int | None = None, n_val: int = 48,
-            world_seed: int | None = None, progress: bool = True):
+            world_seed: int | None = None, progress: bool = True, on_row=None):
     """The method comparison (paper Table 4): for every (model, task) in ``setups``, alg and seed, get the editor
     (trained and cached, or FT's lr swept on validation requests) and evaluate it on the ``split`` edits.
 
@@ -262,7 +266,7 @@ def compare(setups=DEFAULT_SETUPS, algs=("ft", "ft_kl", "ke", "enn", "mend"), se
     ``steps`` overrides the profile's training steps of the trained editors; ``n_val``: validation requests in
     FT's lr sweep. Returns a long DataFrame, one row per (model, task, alg, seed), with the metric keys,
     ``drawdown`` (acc_dd, or ppl_dd where accuracy is not defined), ``edit_ms`` and ``train_s``. ``summarize``
-    gives mean ± std.
+    gives mean ± std. ``on_row(row)`` is called as each row is finished (``report.ResultsTable.add``).
     """
     import pandas as pd
     from tqdm.auto import tqdm
@@ -278,15 +282,25 @@ def compare(setups=DEFAULT_SETUPS, algs=("ft", "ft_kl", "ke", "enn", "mend"), se
                      "world_seed": _world(seed, world_seed),
                      **{k: r[k] for k in ("es_edit", "es_rephrase", "es_heldout", "acc_dd", "ppl_dd", "kl", "n")},
                      "drawdown": r["acc_dd"] if r["acc_dd"] is not None else r["ppl_dd"],
-                     "edit_ms": r["edit_ms"], "train_s": card.get("train_seconds", 0.0)})
+                     "edit_ms": r["edit_ms"], "train_s": card.get("train_seconds", 0.0),
+                     "settings": json.dumps(editor_settings(alg, card), sort_keys=True)})
+        if on_row is not None:
+            on_row(rows[-1])
     return pd.DataFrame(rows)
+
+
+def editor_settings(alg: str, card: dict) -> dict:
+    """What an editor was run with, as the results table records it: FT's swept lr, the trained editors' steps."""
+    if card.get("lr") is not None:
+        return {"lr": card["lr"], "lrs_swept": [r["lr"] for r in card.get("sweep", [])]}
+    return {k: card[k] for k in ("steps", "best_step", "train_seconds") if k in card}
 
 
 def summarize(frame, keys=("es_rephrase", "drawdown"), digits: int = 3):
     """Mean ± std over seeds, one row per alg and a column pair per (task, key): paper Table 4's layout.
 
     The default ES is ``es_rephrase``: the official code scores edit success on x'_e (``edit_outer``, a rephrase
-    or, for generation, the passage without its first sentence), never on the edited input itself."""
+    or, for generation, the passage with a random prefix removed), never on the edited input itself."""
     stats = frame.groupby(["alg", "task"], sort=False)[list(keys)].agg(["mean", "std"])
     cells = {}
     for (alg, task), row in stats.iterrows():

@@ -36,11 +36,13 @@ class Task:
 
 
 def from_world(world: World, kind: str, task: str | None = None, panel_size: int = 64, seed: int = 0,
-               claim_variants: int = 0) -> Task:
+               claim_variants: int = 0, gen_variants: int = 1, gen_eval_variants: int = 1) -> Task:
     """The task for a model ``kind`` (``decoder``/``seq2seq``: ``qa`` or ``gen``; ``classifier``: ``claim``).
 
     ``claim_variants``: for claims, that many redrawn claims per training fact join the *train* split
-    (``World.claim_edits(variant=…)``); val and test are unchanged.
+    (``World.claim_edits(variant=…)``); val and test are unchanged. ``gen_variants`` and ``gen_eval_variants``:
+    for generation, the number of requests per subject (``World.gen_edits(variant=…)``) in the train split and
+    in val and test. A learned editor needs many distinct training edits: with one per subject it memorises them.
     """
     task = task or DEFAULT_TASK[kind]
     if kind == "classifier" and task != "claim":
@@ -55,6 +57,12 @@ def from_world(world: World, kind: str, task: str | None = None, panel_size: int
     else:
         pool = [(p, "") for p in world.passages(split="train")]
     panel = rng.sample(pool, min(panel_size, len(pool)))
+    if task == "gen":
+        def gen(split, n):
+            return [e for v in range(n) for e in world.gen_edits(split, variant=v)]
+
+        return Task(task, gen("train", gen_variants), gen("val", gen_eval_variants), gen("test", gen_eval_variants),
+                    panel)
     train = world.edits(task, "train")
     if task == "claim":
         train += [e for v in range(1, claim_variants + 1) for e in world.claim_edits("train", variant=v)]

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from functools import cached_property
 from pathlib import Path
 
-from mendlab.data import EditExample, drop_first_sentence
+from mendlab.data import EditExample
 
 SPLITS = ("train", "val", "test")
 N_TEMPLATES = 5  # per relation and kind; the last one is held out of pre-training
@@ -304,24 +304,35 @@ class World:
                 original=gold, kind="claim", subject=f.subject, relation=f.relation))
         return out
 
-    def gen_edits(self, split: str) -> list[EditExample]:
-        """Wikitext-style: a true passage, then a ``gen_tokens``-pre-token continuation stating false facts.
+    def gen_edits(self, split: str, variant: int = 0) -> list[EditExample]:
+        """Wikitext-style, one request per subject of ``split``: a true passage, then a ``gen_tokens``-pre-token
+        continuation stating false facts about the same subject.
 
-        The rephrase drops the passage's first sentence (MEND removes a random prefix of up to half); the locality
-        text is another subject's true passage, scored on every token (answer ``""``).
+        Each ``variant`` redraws, per subject, how many true facts the passage gives (2-5), their order and
+        templates, and the false continuation (the remaining relations in a random order, each with a random wrong
+        object and template), so a split holds as many distinct requests as its subjects × variants. The rephrase
+        x'_e is the passage with a random prefix of up to half its pre-tokens removed (paper §5, Appendix C.4);
+        the locality text is another subject's true passage, scored on every token (answer ``""``).
         """
-        out = []
-        for s in self.subjects_in(split):
-            rng = self._rng("gen", s)
-            facts = [Fact(s, r.name, self.facts[s, r.name]) for r in self._relation_order(s)[4:]]
-            sentences = [self.statement(f, rng.randrange(N_TEMPLATES - 1), self.alternatives(f)[0]) for f in facts]
-            words = PRETOKEN.findall(" ".join(sentences))[: self.config.gen_tokens]
-            target = _join_pretokens(words)
-            prompt = self.passage(s, n_facts=4)
-            other = rng.choice([o for o in self.subjects_in(split) if o != s])
-            out.append(EditExample(prompt=prompt, target=" " + target, rephrases=(drop_first_sentence(prompt),),
-                                   locality=(self.passage(other, n_facts=4), ""), kind="gen", subject=s))
-        return out
+        others = self.subjects_in(split)
+        return [self._gen_edit(s, others, variant) for s in others]
+
+    def _gen_edit(self, s: str, pool: list[str], variant: int) -> EditExample:
+        rng = self._rng("gen", s, variant)
+        rels = list(self.relations)
+        rng.shuffle(rels)
+        k = rng.randint(2, 5)
+        true = [Fact(s, r.name, self.facts[s, r.name]) for r in rels[:k]]
+        prompt = " ".join(self.statement(f, rng.randrange(N_TEMPLATES - 1)) for f in true)
+        false = [Fact(s, r.name, self.facts[s, r.name]) for r in rels[k:]]
+        sentences = [self.statement(f, rng.randrange(N_TEMPLATES - 1), rng.choice(self.wrong_objects(f)))
+                     for f in false]
+        target = _join_pretokens(PRETOKEN.findall(" ".join(sentences))[: self.config.gen_tokens])
+        starts = [m.start() for m in PRETOKEN.finditer(prompt)]
+        rephrase = prompt[starts[rng.randint(1, len(starts) // 2)]:]
+        other = rng.choice([o for o in pool if o != s])
+        return EditExample(prompt=prompt, target=" " + target, rephrases=(rephrase,),
+                           locality=(self.passage(other, n_facts=4), ""), kind="gen", subject=s)
 
     def edits(self, task: str, split: str) -> list[EditExample]:
         makers = {"qa": self.qa_edits, "claim": self.claim_edits, "gen": self.gen_edits}

@@ -95,6 +95,37 @@ def spec(name: str, profile: str | None = None, seed: int | None = None) -> ZooS
     return s if seed is None else replace(s, seed=seed, world=replace(s.world, seed=seed))
 
 
+def variant(name: str, profile: str | None = None, seed: int | None = None, config: dict | None = None,
+            **fields) -> ZooSpec:
+    """The spec of zoo model ``name`` with some of its settings changed: ``config`` entries update the HF config
+    (e.g. ``{"num_hidden_layers": 6}``), ``fields`` replace ``ZooSpec`` fields (``steps``, ``lr``, ...), and a
+    ``world_`` prefix reaches the world's (``world_n_subjects=80``). The cache key is the spec, so a variant is
+    built into a folder of its own; pass the result to :func:`build`.
+    """
+    from dataclasses import fields as dc_fields
+
+    from transformers import AutoConfig
+
+    s = spec(name, profile, seed)
+    world = {k.removeprefix("world_"): v for k, v in fields.items() if k.startswith("world_")}
+    own = {k: v for k, v in fields.items() if not k.startswith("world_")}
+    for given, cls in ((own, ZooSpec), (world, WorldConfig)):
+        allowed = {f.name for f in dc_fields(cls)} - {"name", "model_type", "config", "world"}
+        prefix = "world_" if cls is WorldConfig else ""
+        unknown = sorted(prefix + k for k in set(given) - allowed)
+        if unknown:
+            more = "" if prefix else ", or a world setting as world_FIELD (e.g. world_n_subjects)"
+            raise ValueError(f"{unknown} are not settings of a zoo model; choose among "
+                             f"{sorted(prefix + a for a in allowed)}{more}")
+    if config:
+        # from_config would set an unknown key as a plain attribute that no layer reads: refuse it instead
+        hf = AutoConfig.for_model(s.model_type)
+        unknown = sorted(k for k in config if k not in hf.to_dict() and k not in hf.attribute_map)
+        if unknown:
+            raise ValueError(f"{unknown} are not fields of a {s.model_type} config")
+    return replace(s, **own, config={**s.config, **(config or {})}, world=replace(s.world, **world))
+
+
 # -- tokenizer ----------------------------------------------------------------------------------------------------
 def _hf_config(s: ZooSpec, vocab_size: int):
     from transformers import AutoConfig

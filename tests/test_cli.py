@@ -81,6 +81,29 @@ def test_zoo_build_takes_one_name_or_all(capsys, tmp_path, monkeypatch):
     assert [m["name"] for m in last_json(capsys)["models"]] == zoo.names()
 
 
+def test_zoo_build_config_and_set_build_a_variant(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("MENDLAB_CACHE", str(tmp_path))
+    from mendlab import zoo
+
+    built = []
+
+    def fake_build(name, profile=None, seed=None, progress=True):
+        built.append(name)
+        return {"name": "tiny-bert", "model_type": "bert", "path": str(tmp_path / "v"), "params": 1,
+                "seconds": 0.0, "cached": False, "acc_train": 1.0, "acc_heldout_template": 1.0, "build_seconds": 0.0}
+
+    monkeypatch.setattr(zoo, "build", fake_build)
+    assert main(["zoo", "build", "tiny-bert", "--seed", "1", "--config", "num_hidden_layers=6",
+                 "--set", "world_n_subjects=80", "--json"]) == 0
+    (s,) = built
+    assert s == zoo.variant("tiny-bert", seed=1, config={"num_hidden_layers": 6}, world_n_subjects=80)
+    assert last_json(capsys)["path"] == str(tmp_path / "v")
+    assert main(["zoo", "build", "--all", "--config", "num_hidden_layers=6"]) == 2
+    assert "NAME" in capsys.readouterr().err
+    assert main(["zoo", "build", "tiny-bert", "--config", "num_layerz=6"]) == 2
+    assert "num_layerz" in capsys.readouterr().err
+
+
 def test_train_weights_and_net_reach_the_saved_editor(capsys, tmp_path, monkeypatch):
     """``--weights`` picks the edited weights and ``--net`` overrides NetConfig; both land in the saved editor,
     and a weight the model lacks is a clear error before any training."""

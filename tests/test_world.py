@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from mendlab import tasks
 from mendlab.data import EditExample
 from mendlab.world import N_TEMPLATES, PRETOKEN, SPLITS, Fact, World, WorldConfig
 
@@ -330,36 +331,48 @@ def test_claim_edit_variants_redraw_claims_about_the_same_facts(world):
 
 
 def test_claim_variants_join_only_the_train_split(world):
-    from mendlab import tasks
-
     plain, more = tasks.from_world(world, "classifier"), tasks.from_world(world, "classifier", claim_variants=2)
     assert len(more.train) == 3 * len(plain.train) and more.train[:len(plain.train)] == plain.train
     assert more.val == plain.val and more.test == plain.test and more.panel == plain.panel
 
 
 # -- generation edits --------------------------------------------------------------------------------------------------
-def test_gen_edits(world):
+@pytest.mark.parametrize("variant", [0, 3])
+def test_gen_edits(world, variant):
     statements = _statement_index(world)
     n = world.config.gen_tokens
     for split in SPLITS:
-        for e in world.gen_edits(split):
+        for e in world.gen_edits(split, variant=variant):
             assert e.kind == "gen" and e.heldout_rephrases == ()
             loc_text, loc_answer = e.locality  # another subject of the same split, language-modelled
             other = [o for o in world.subjects_in(split) if world.passage(o, n_facts=4) == loc_text]
             assert loc_answer == "" and other and other[0] != e.subject
-            assert e.prompt == world.passage(e.subject, n_facts=4)
-            assert len(_sentences(e.prompt)) == 4
+            # the passage states 2-5 true facts about the subject, each relation once, in trained templates
+            told = [statements[x] for x in _sentences(e.prompt)]
+            assert 2 <= len(told) <= 5 and len({r for _, r, _, _ in told}) == len(told)
+            assert all(s == e.subject and o == world.facts[s, r] and t in TRAINED for s, r, o, t in told)
             assert e.target.startswith(" ") and not e.target.startswith("  ")
             assert len(PRETOKEN.findall(e.target)) == n
             assert len(PRETOKEN.findall(e.prompt + e.target)) == len(PRETOKEN.findall(e.prompt)) + n
-            # the rephrase drops exactly the first sentence
-            first, rest = e.prompt.split(". ", 1)
-            assert e.rephrases == (rest,)
-            assert e.prompt == first + ". " + rest
-            # the continuation states a counterfactual about the same subject
+            # the rephrase removes a non-empty prefix of at most half the passage's pre-tokens
+            (x,) = e.rephrases
+            words, kept = PRETOKEN.findall(e.prompt), PRETOKEN.findall(x)
+            assert e.prompt.endswith(x) and 1 <= len(words) - len(kept) <= len(words) // 2
+            # the continuation states a counterfactual about a relation the passage did not mention
             sentence = e.target.strip().split(". ")[0].rstrip(".") + "."
             s, r, o, t = statements[sentence]
             assert s == e.subject and o != world.facts[s, r] and t in TRAINED
+            assert r not in {r_ for _, r_, _, _ in told}
+
+
+def test_gen_variants_are_distinct_requests(world):
+    edits = [e for v in range(6) for e in world.gen_edits("train", variant=v)]
+    assert len({(e.prompt, e.target) for e in edits}) == len(edits)
+    assert world.gen_edits("val", variant=2) == World(SMALL).gen_edits("val", variant=2)
+    t = tasks.from_world(world, "decoder", "gen", gen_variants=3, gen_eval_variants=2)
+    assert len(t.train) == 3 * len(world.subjects_in("train"))
+    assert len(t.val) == 2 * len(world.subjects_in("val")) and len(t.test) == 2 * len(world.subjects_in("test"))
+    assert t.val[:len(world.subjects_in("val"))] == world.gen_edits("val")
 
 
 def test_gen_tokens_is_respected():

@@ -74,6 +74,26 @@ def test_unknown_zoo_name():
         zoo.spec("tiny-llama", "ci")
 
 
+def test_variant_changes_only_what_it_names(cache):
+    base = zoo.spec("tiny-bert", "ci", seed=1)
+    v = zoo.variant("tiny-bert", "ci", seed=1, config={"num_hidden_layers": 6}, steps=1200, world_n_subjects=80)
+    assert v.config == {**base.config, "num_hidden_layers": 6}
+    assert (v.steps, v.world.n_subjects, v.world.seed, v.seed) == (1200, 80, 1, 1)
+    assert v.lr == base.lr and v.cloze_steps == base.cloze_steps
+    assert zoo.cache_path(v) != zoo.cache_path(base) and zoo.cache_path(v).name.startswith("tiny-bert-")
+    assert zoo.variant("tiny-bert", "ci", seed=1) == base
+    assert zoo.variant("tiny-gpt2", "ci", config={"n_layer": 4}).config["n_layer"] == 4  # an attribute alias
+
+
+def test_variant_refuses_settings_that_do_not_exist():
+    with pytest.raises(ValueError, match="num_layerz"):
+        zoo.variant("tiny-bert", "ci", config={"num_layerz": 6})
+    with pytest.raises(ValueError, match="world_n_subjects"):
+        zoo.variant("tiny-bert", "ci", stepz=3)
+    with pytest.raises(ValueError, match="world_n_subjectz"):
+        zoo.variant("tiny-bert", "ci", world_n_subjectz=3)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", zoo.names())
 def test_zoo_acceptance(name):
