@@ -240,7 +240,7 @@ def cmd_demo(args) -> None:
              f"MEND editor: {card['editor_params']:,} parameters, {'cached' if card['cached'] else 'trained'} "
              f"({card['train_seconds']} s of training, {card['steps']} steps)", "",
              "Edits of facts the editor never saw (test-split subjects):"]
-    t = experiments._task_for(args.model, model, None, seed)
+    t = experiments.task_for(args.model, model, tok, None, seed)
     shown = []
     for e in t.test[: args.edits]:
         _, rep = experiments.edit_report(editor, model, tok, e.prompt, e.target,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from mendlab import metrics, tasks, zoo
+from mendlab import metrics, selfsample, tasks, zoo
 from mendlab.config import cache_dir, config_hash, profile
 from mendlab.families import edited_weights, get_family
 from mendlab.nets import NetConfig
@@ -36,11 +36,18 @@ CLAIM_VARIANTS = 7
 # trains on ~68k), 8 in val and test (160 and 320 requests, so one request moves ES by well under 0.01).
 GEN_VARIANTS, GEN_EVAL_VARIANTS = 200, 8
 TASK_DATA = {"claim_variants": CLAIM_VARIANTS, "gen_variants": GEN_VARIANTS, "gen_eval_variants": GEN_EVAL_VARIANTS}
+_TASK_KEY = {**TASK_DATA, "gen_targets": "self-sampled"}  # in the editor cache keys
 
 
-def _task_for(model_name: str, model, task: str | None, seed: int | None):
+def task_for(model_name: str, model, tok, task: str | None = None, seed: int | None = None, progress: bool = False):
+    """The editing task of a zoo model on its world (``seed``): QA, claims, or generation with targets sampled
+    from ``model`` itself (:mod:`mendlab.selfsample`, cached), as the paper's Wikitext edits are."""
     world = zoo.world_of(model_name, seed=seed)
-    return tasks.from_world(world, get_family(model).kind, task, **TASK_DATA)
+    t = tasks.from_world(world, get_family(model).kind, task, **TASK_DATA)
+    if t.name == "gen":
+        for split in ("train", "val", "test"):
+            setattr(t, split, selfsample.retarget(t.split(split), model, tok, progress=progress)[0])
+    return t
 
 
 def alg_settings(alg: str, task: str | None = None):
@@ -79,7 +86,7 @@ def editor_path(model_name: str, alg: str = "mend", variant: str = "mend", seed:
     ws = _world(seed, world_seed)
     train_key = {k: v for k, v in asdict(cfg).items() if k not in _LATER_OPTIONS or v != _LATER_OPTIONS[k]}
     key = {"model": zoo.spec(model_name, prof, ws) if model_name in zoo.names() else model_name, "alg": alg,
-           "variant": variant, "task": task, "train": train_key, **TASK_DATA}
+           "variant": variant, "task": task, "train": train_key, **_TASK_KEY}
     if alg == "mend":
         key["net"] = asdict(NetConfig.variant(variant, **(net or {})))
     else:
@@ -132,7 +139,7 @@ def train_editor(model_name: str = "tiny-gpt2", alg: str = "mend", variant: str 
         editor = load_editor(path / "best", model)
         card = json.loads(card_file.read_text())
         return editor, model, tok, {**card, "cached": True}
-    t = _task_for(model_name, model, task, ws)
+    t = task_for(model_name, model, tok, task, ws, progress=progress)
     torch.manual_seed(seed)
     config = NetConfig.variant(variant, **(net or {})) if alg == "mend" else alg_settings(alg, t.name)[0]
     editor = editor_class(alg).for_model(model, config, names=names)
@@ -164,12 +171,12 @@ def ft_editor(model_name: str = "tiny-gpt2", alg: str = "ft", seed: int = 0, tas
     prof = profile()
     ws = _world(seed, world_seed)
     model, tok = zoo.load(model_name, seed=ws if model_name in zoo.names() else None, progress=progress)
-    t = _task_for(model_name, model, task, ws)
+    t = task_for(model_name, model, tok, task, ws, progress=progress)
     config = FTConfig(locality=alg == "ft_kl", seed=seed)
     locality = [e.locality for e in t.train if e.locality is not None] if alg == "ft_kl" else None
     key = {"model": zoo.spec(model_name, prof, ws) if model_name in zoo.names() else model_name, "alg": alg,
            "task": t.name, "ft": asdict(config), "lrs": list(lrs), "n_val": n_val,
-           **TASK_DATA}
+           **_TASK_KEY}
     path = cache_dir() / "editors" / f"{Path(model_name).name}-{alg}-{config_hash(key)}"
     card_file = path / "train_card.json"
     if card_file.exists() and not force:
@@ -196,7 +203,7 @@ def evaluate_editor(editor, model, tok, model_name: str, *, seed: int = 0, task:
                     split: str = "test", n: int | None = None, n_edits: int = 1, progress: bool = True,
                     return_rows: bool = False):
     """``metrics.evaluate`` on the held-out split of the model's world (test subjects never seen in training)."""
-    t = _task_for(model_name, model, task, seed)
+    t = task_for(model_name, model, tok, task, seed, progress=progress)
     examples = t.split(split)[:n] if n else t.split(split)
     return metrics.evaluate(editor, model, tok, examples, t.panel, n_edits=n_edits, progress=progress,
                             return_rows=return_rows)
