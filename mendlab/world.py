@@ -305,14 +305,17 @@ class World:
         return out
 
     def gen_edits(self, split: str, variant: int = 0) -> list[EditExample]:
-        """Wikitext-style, one request per subject of ``split``: a true passage, then a ``gen_tokens``-pre-token
-        continuation stating false facts about the same subject.
+        """Wikitext-style, one request per subject of ``split``: a passage x_e about the subject that stops at a
+        random word, and a ``gen_tokens``-pre-token continuation y_e stating false facts about the subject.
 
-        Each ``variant`` redraws, per subject, how many true facts the passage gives (2-5), their order and
-        templates, and the false continuation (the remaining relations in a random order, each with a random wrong
-        object and template), so a split holds as many distinct requests as its subjects × variants. The rephrase
-        x'_e is the passage with a random prefix of up to half its pre-tokens removed (paper §5, Appendix C.4);
-        the locality text is another subject's true passage, scored on every token (answer ``""``).
+        x_e is 2-5 true facts (relations, order and templates drawn per ``variant``) followed by the first words
+        (possibly none) of a sentence that states a false fact; y_e continues that sentence and the next ones,
+        each with a random wrong object. Like MEND's 10-token samples, y_e can start mid-sentence, so a request
+        is about *this* passage and not about how sentences start. :func:`mendlab.selfsample.retarget` swaps y_e
+        for a sample of the model itself, as the paper does. x'_e drops the first 1 to k//2 of the k true
+        sentences: the paper removes a random prefix of up to half the tokens, and whole sentences keep x'_e
+        starting where every passage the zoo models read starts. The locality text is another subject's true
+        passage, scored on every token (answer ``""``).
         """
         others = self.subjects_in(split)
         return [self._gen_edit(s, others, variant) for s in others]
@@ -322,14 +325,18 @@ class World:
         rels = list(self.relations)
         rng.shuffle(rels)
         k = rng.randint(2, 5)
-        true = [Fact(s, r.name, self.facts[s, r.name]) for r in rels[:k]]
-        prompt = " ".join(self.statement(f, rng.randrange(N_TEMPLATES - 1)) for f in true)
-        false = [Fact(s, r.name, self.facts[s, r.name]) for r in rels[k:]]
-        sentences = [self.statement(f, rng.randrange(N_TEMPLATES - 1), rng.choice(self.wrong_objects(f)))
-                     for f in false]
-        target = _join_pretokens(PRETOKEN.findall(" ".join(sentences))[: self.config.gen_tokens])
-        starts = [m.start() for m in PRETOKEN.finditer(prompt)]
-        rephrase = prompt[starts[rng.randint(1, len(starts) // 2)]:]
+        true = [self.statement(Fact(s, r.name, self.facts[s, r.name]), rng.randrange(N_TEMPLATES - 1))
+                for r in rels[:k]]
+        false = [self.statement(f, rng.randrange(N_TEMPLATES - 1), rng.choice(self.wrong_objects(f)))
+                 for f in (Fact(s, r.name, self.facts[s, r.name]) for r in rels[k:])]
+        words = PRETOKEN.findall(" ".join(false))
+        # the words of the false sentence that x_e already has, leaving gen_tokens words for y_e
+        # (never just before punctuation, which would follow a space)
+        cut = rng.choice([i for i in range(min(len(PRETOKEN.findall(false[0])), len(words) - self.config.gen_tokens + 1))
+                          if words[i][0].isalnum()])
+        prompt = " ".join([*true, _join_pretokens(words[:cut])]).strip()
+        target = _join_pretokens(words[cut:cut + self.config.gen_tokens])
+        rephrase = " ".join(true[rng.randint(1, k // 2):] + [_join_pretokens(words[:cut])]).strip()
         other = rng.choice([o for o in pool if o != s])
         return EditExample(prompt=prompt, target=" " + target, rephrases=(rephrase,),
                            locality=(self.passage(other, n_facts=4), ""), kind="gen", subject=s)

@@ -347,22 +347,24 @@ def test_gen_edits(world, variant):
             loc_text, loc_answer = e.locality  # another subject of the same split, language-modelled
             other = [o for o in world.subjects_in(split) if world.passage(o, n_facts=4) == loc_text]
             assert loc_answer == "" and other and other[0] != e.subject
-            # the passage states 2-5 true facts about the subject, each relation once, in trained templates
-            told = [statements[x] for x in _sentences(e.prompt)]
-            assert 2 <= len(told) <= 5 and len({r for _, r, _, _ in told}) == len(told)
-            assert all(s == e.subject and o == world.facts[s, r] and t in TRAINED for s, r, o, t in told)
             assert e.target.startswith(" ") and not e.target.startswith("  ")
             assert len(PRETOKEN.findall(e.target)) == n
             assert len(PRETOKEN.findall(e.prompt + e.target)) == len(PRETOKEN.findall(e.prompt)) + n
-            # the rephrase removes a non-empty prefix of at most half the passage's pre-tokens
+            # x_e: 2-5 true facts about the subject, each relation once, in trained templates, then the first words
+            # of a false one; y_e finishes that sentence and goes on
+            *whole, rest = _sentences(e.prompt + e.target)
+            told = [statements[x] for x in whole]
+            true = [f for f in told if f[2] == world.facts[f[0], f[1]]]
+            assert 2 <= len(true) <= 5 and told[:len(true)] == true and len(told) > len(true)
+            assert len({r for _, r, _, _ in told}) == len(told)
+            assert all(s == e.subject and t in TRAINED for s, _, _, t in told)
+            assert all(o != world.facts[s, r] for s, r, o, _ in told[len(true):])
+            assert e.prompt.startswith(" ".join(whole[:len(true)]))
+            assert e.target[1].isalnum()  # y_e never starts with a space before punctuation
+            # x'_e drops 1 to k//2 whole true sentences from the front
             (x,) = e.rephrases
-            words, kept = PRETOKEN.findall(e.prompt), PRETOKEN.findall(x)
-            assert e.prompt.endswith(x) and 1 <= len(words) - len(kept) <= len(words) // 2
-            # the continuation states a counterfactual about a relation the passage did not mention
-            sentence = e.target.strip().split(". ")[0].rstrip(".") + "."
-            s, r, o, t = statements[sentence]
-            assert s == e.subject and o != world.facts[s, r] and t in TRAINED
-            assert r not in {r_ for _, r_, _, _ in told}
+            dropped = len(_sentences(e.prompt)) - len(_sentences(x))
+            assert e.prompt.endswith(x) and 1 <= dropped <= len(true) // 2
 
 
 def test_gen_variants_are_distinct_requests(world):
