@@ -181,9 +181,7 @@ def cmd_eval(args) -> None:
 def cmd_compare(args) -> None:
     import pandas as pd
 
-    from mendlab import experiments
-
-    from mendlab import report
+    from mendlab import experiments, report
     from mendlab.config import profile
 
     setups = [tuple(s.split(":", 1)) for s in args.setup] or list(experiments.DEFAULT_SETUPS)

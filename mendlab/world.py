@@ -332,8 +332,8 @@ class World:
         words = PRETOKEN.findall(" ".join(false))
         # the words of the false sentence that x_e already has, leaving gen_tokens words for y_e
         # (never just before punctuation, which would follow a space)
-        cut = rng.choice([i for i in range(min(len(PRETOKEN.findall(false[0])), len(words) - self.config.gen_tokens + 1))
-                          if words[i][0].isalnum()])
+        room = min(len(PRETOKEN.findall(false[0])), len(words) - self.config.gen_tokens + 1)
+        cut = rng.choice([i for i in range(room) if words[i][0].isalnum()])
         prompt = " ".join([*true, _join_pretokens(words[:cut])]).strip()
         target = _join_pretokens(words[cut:cut + self.config.gen_tokens])
         rephrase = " ".join(true[rng.randint(1, k // 2):] + [_join_pretokens(words[:cut])]).strip()
