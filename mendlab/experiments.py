@@ -279,7 +279,7 @@ def compare(setups=DEFAULT_SETUPS, algs=("ft", "ft_kl", "ke", "enn", "mend"), se
     from tqdm.auto import tqdm
 
     rows = []
-    jobs = [(m, t, a, s) for m, t in setups for s in seeds for a in algs]
+    jobs = [(m, t, a, s) for s in seeds for m, t in setups for a in algs]  # seed by seed: a cut run has whole seeds
     for model_name, task, alg, seed in tqdm(jobs, desc="compare", disable=not progress):
         editor, model, tok, card = editor_for(model_name, alg, seed, task, steps=steps, n_val=n_val,
                                               world_seed=world_seed)
