@@ -189,7 +189,7 @@ def cmd_compare(args) -> None:
     table = None
     if args.out:
         table = report.ResultsTable(args.out, report.provenance(
-            report.command_line(), profile(), seeds, setups=[":".join(s) for s in setups], algs=args.algs,
+            report.command_line(args.argv), profile(), seeds, setups=[":".join(s) for s in setups], algs=args.algs,
             split=args.split, n=args.n, steps=args.steps, n_val=args.n_val, world_seed=args.world_seed))
     frame = experiments.compare(setups, args.algs.split(","), seeds, n=args.n, split=args.split, steps=args.steps,
                                 n_val=args.n_val, world_seed=args.world_seed, progress=not args.json,
@@ -363,6 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = ["mendlab", *(sys.argv[1:] if argv is None else argv)]  # how this command was called
     _setup(args)
     try:
         args.func(args)

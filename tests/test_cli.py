@@ -129,3 +129,28 @@ def test_train_weights_and_net_reach_the_saved_editor(capsys, tmp_path, monkeypa
     assert "h.9" in capsys.readouterr().err and not (tmp_path / "bad").exists()
     with pytest.raises(SystemExit, match="--net"):
         main(["train", "--model", path, "--net", "width=3", "--json"])
+
+
+def test_compare_out_writes_rows_as_they_finish_with_provenance(capsys, tmp_path, monkeypatch):
+    import pandas as pd
+
+    from mendlab import experiments, report
+
+    seen = []
+
+    def fake_compare(setups, algs, seeds, on_row=None, **kw):
+        rows = []
+        for (m, t), s, a in ((st, s, a) for s in seeds for st in setups for a in algs):
+            rows.append({"model": m, "task": t, "alg": a, "seed": s, "es_rephrase": 0.5, "drawdown": 0.01})
+            on_row(rows[-1])
+            seen.append(report.load(tmp_path / "r" / "c.csv")[1]["rows"])  # each row is on disk when it is done
+        return pd.DataFrame(rows)
+
+    monkeypatch.setattr(experiments, "compare", fake_compare)
+    out = tmp_path / "r" / "c.csv"
+    assert main(["compare", "--setup", "tiny-bart:qa", "--algs", "ft,mend", "--seeds", "0,1", "--out", str(out),
+                 "--figure", str(tmp_path / "r" / "c.png"), "--json"]) == 0
+    frame, prov = report.load(out)
+    assert seen == [1, 2, 3, 4] and len(frame) == 4 and prov["complete"] and prov["seeds"] == [0, 1]
+    assert prov["command"].startswith("mendlab compare") and prov["setups"] == ["tiny-bart:qa"]
+    assert (tmp_path / "r" / "c.png").exists()
