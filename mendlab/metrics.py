@@ -175,6 +175,31 @@ def panel_changes(editor, model, tokenizer, examples: Sequence[EditExample], pan
     return pd.DataFrame(rows)
 
 
+@torch.no_grad()
+def margin_moves(editor, model, tokenizer, examples: Sequence[EditExample], *, max_length: int = 128):
+    """For a classifier: how far each edit moves the logit of x'_e towards the requested label, against the margin
+    it has to cross. One row per request: ``margin_pre`` and ``margin_post`` (the logit signed towards the target
+    label: > 0 means the model gives the target), ``moved`` = post − pre. An editor that reads the request's
+    direction moves every margin up; one that edits too weakly moves it up by less than the margin (ES is the
+    share with ``margin_post`` > 0). The model is never modified."""
+    import pandas as pd
+
+    collator = Collator.for_model(model, tokenizer, max_length=max_length)
+    if collator.kind != "classifier":
+        raise ValueError(f"margin_moves is for classifiers; this model is a {collator.kind}")
+    device = next(model.parameters()).device
+    rows = []
+    for e in examples:
+        x = e.rephrases[0] if e.rephrases else e.prompt
+        enc = {k: v.to(device) for k, v in collator.encode([(x, e.target)]).items()}
+        sign = 2 * float(enc["labels"][0]) - 1
+        pre = sign * float(losses.forward(model, enc).reshape(-1)[0])
+        edit = _detach(editor.edit(model, tokenizer, e))
+        post = sign * float(edit.forward(model, enc).reshape(-1)[0])
+        rows.append({"prompt": x, "target": e.target, "margin_pre": pre, "margin_post": post, "moved": post - pre})
+    return pd.DataFrame(rows)
+
+
 def _detach(edits):
     return [e.detach() for e in edits] if isinstance(edits, list) else edits.detach()
 

@@ -30,3 +30,16 @@ def test_panel_changes_rejects_a_generation_panel(micro):
     task = tasks.from_world(world, "decoder", "gen", panel_size=4)
     with pytest.raises(ValueError, match="generation"):
         metrics.panel_changes(FT.for_model(model), model, tok, task.test[:1], task.panel, progress=False)
+
+
+def test_margin_moves_signs_the_logit_towards_the_target(micro):
+    model, tok, world = micro("bert")
+    task = tasks.from_world(world, "classifier")
+    frame = metrics.margin_moves(FT.for_model(model, FTConfig(lr=1e-2, max_steps=5)), model, tok, task.test[:4])
+    assert len(frame) == 4 and (frame["moved"] == frame["margin_post"] - frame["margin_pre"]).all()
+    # fine-tuning on the target label moves margins towards it (FT stops at once where x_e is already right)
+    assert (frame["moved"] >= 0).all() and (frame["moved"] > 0).any()
+    still = metrics.margin_moves(FT.for_model(model, FTConfig(max_steps=0)), model, tok, task.test[:4])
+    assert (still["moved"] == 0).all()
+    with pytest.raises(ValueError, match="classifier"):
+        metrics.margin_moves(FT.for_model(model), *micro("gpt2")[:2], task.test[:1])
