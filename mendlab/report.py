@@ -95,11 +95,18 @@ def _cell(value):
     return "" if value is None else value
 
 
+# the repository's results folder (a checkout: next to the package)
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+
+
 def load(path: str | Path):
-    """(DataFrame, provenance dict) of a results table; refuses a table whose sidecar is missing."""
+    """(DataFrame, provenance dict) of a results table: a path, or the name of a table in the repository's
+    ``results/`` (``"compare_ci_gen"``). Refuses a table whose provenance sidecar is missing."""
     import pandas as pd
 
     path = Path(path)
+    if path.suffix != ".csv" and len(path.parts) == 1:
+        path = RESULTS / f"{path.name}.csv"
     sidecar = path.with_suffix(".provenance.json")
     if not sidecar.exists():
         raise FileNotFoundError(f"{path} has no provenance sidecar {sidecar.name}: tables under results/ are "

@@ -40,3 +40,12 @@ def test_table_refuses_other_columns_and_missing_sidecars(tmp_path):
 def test_command_line_quotes_arguments():
     assert report.command_line(["/x/bin/mendlab", "compare", "--setup", "tiny-bert:claim", "a b"]) == \
         "mendlab compare --setup tiny-bert:claim 'a b'"
+
+
+def test_load_takes_a_table_name_in_the_repository_results(tmp_path, monkeypatch):
+    monkeypatch.setattr(report, "RESULTS", tmp_path)
+    table = report.ResultsTable(tmp_path / "mine.csv", {"command": "mendlab compare"})
+    table.add({"a": 1})
+    table.close()
+    frame, prov = report.load("mine")
+    assert frame["a"].tolist() == [1] and prov["command"] == "mendlab compare"
