@@ -1,7 +1,7 @@
 """Edit records, readers for MEND's file formats, and collators to tensors.
 
 ``EditExample`` is one edit with its neighbourhood; the same record serves QA, fact-checking and generation.
-The readers load the files the world writes *and* MEND's released files (``reference/mend.md`` §4) through
+The readers load the files the world writes *and* MEND's released files (paper Appendix C) through
 ``datasets``. ``Collator`` turns examples into an :class:`EditBatch` for a decoder, an encoder-decoder or a
 classifier; label masking (−100) lives only here.
 """
@@ -133,7 +133,7 @@ Tensors = dict[str, torch.Tensor]
 
 @dataclass
 class EditBatch:
-    """Tensors for one editing step (``reference/mend.md`` §3.1).
+    """Tensors for one editing step (paper §3.1, Algorithm 1).
 
     ``edit_inner``: x_e with y_e; ``edit_outer``: an equivalent x'_e with y_e; ``loc``: unrelated x_loc with
     its own answer. Each is a dict of ``input_ids``/``attention_mask`` [B, T] and ``labels`` ([B, T] with −100

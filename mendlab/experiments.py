@@ -52,7 +52,7 @@ def task_for(model_name: str, model, tok, task: str | None = None, seed: int | N
 
 def alg_settings(alg: str, task: str | None = None):
     """(editor config, TrainConfig overrides) for a trainable ``alg`` other than MEND (whose config is a
-    ``NetConfig`` variant). The official defaults (reference §6): ENN lr_lr 1e-3 and c_base 10 for generation."""
+    ``NetConfig`` variant). Official ENN defaults: lr_lr 1e-3 and c_base 10 for generation."""
     from mendlab.editors import editor_class
 
     if alg == "enn":

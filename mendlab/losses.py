@@ -1,4 +1,4 @@
-"""Losses and per-example scores on model outputs, for every model kind (``reference/mend.md`` §3.1, §5).
+"""Losses and per-example scores on model outputs, for every model kind (paper §3.1 and §5).
 
 Tensors come from :class:`mendlab.data.Collator`: labels are aligned with the tokens they label (−100
 elsewhere), so a decoder's logits at position t are scored against the label at t + 1; encoder-decoders are
@@ -96,7 +96,7 @@ def correct(kind: str, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tens
 
 
 def kl_loc(kind: str, pre: torch.Tensor, post: torch.Tensor, enc: dict) -> torch.Tensor:
-    """KL(pre ‖ post) on the locality input, reference §5.4.
+    """KL(pre ‖ post) on the locality input (paper Appendix C.2).
 
     Sequences: full-vocabulary KL per position, averaged over the positions the mask keeps
     (``decoder_attention_mask`` for encoder-decoders; for decoders the positions that predict a label).

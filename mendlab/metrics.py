@@ -1,4 +1,4 @@
-"""Edit success and drawdown, as ``reference/mend.md`` §5 defines them.
+"""Edit success and drawdown, as the paper (§5, Eq. 1) and the official ``trainer.py`` define them.
 
 - edit success: teacher-forced all-token argmax match of the target (sign match for a classifier), reported on
   the edit input itself (``es_edit``), on its rephrasings in trained templates (``es_rephrase``) and in the

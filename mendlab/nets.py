@@ -1,4 +1,4 @@
-"""MEND's editor networks (``reference/mend.md`` §1.3–1.7), with every Table-6 ablation as a config value.
+"""MEND's editor networks (paper §3.1–3.2, Table 6), with every Table-6 ablation as a config value.
 
 For each edited weight of shape key (m, n) = (in, out), the token rows u [rows, m] and δ [rows, n] are
 normalised per dimension, transformed by a low-rank residual MLP into pseudo-activations ũ and pseudo-deltas
@@ -160,7 +160,7 @@ class LRLinear(nn.Module):
             else:
                 a = a * self.scale.weight[mode] + self.shift.weight[mode]
         # clamp, not relu: at identity init every pre-activation is exactly 0, where relu's gradient is 0 and
-        # U would never learn; clamp's backward passes the gradient at the boundary (reference §1.4).
+        # U would never learn; clamp's backward passes the gradient at the boundary.
         h = a.clamp(min=0)
         return z + h if self.residual else h
 

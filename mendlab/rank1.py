@@ -1,4 +1,4 @@
-"""The rank-1 structure of a linear layer's gradient (paper §3.1, appendix D; ``reference/mend.md`` §1.1–1.2).
+"""The rank-1 structure of a linear layer's gradient (paper §3.1, appendix D).
 
 For a layer with output ``h = W u`` the loss gradient is ∇W = Σ_t δ_t u_tᵀ, one outer product per token row,
 where u_t is the layer's input and δ_t = ∂L/∂h_t. :func:`capture` records both per edited weight:
@@ -9,7 +9,7 @@ where u_t is the layer's input and δ_t = ∂L/∂h_t. :func:`capture` records b
 
 Unlike the official code it never calls ``loss.backward()``: δ comes from ``torch.autograd.grad`` with respect
 to the edited layers' *outputs*, so autograd goes no deeper than the earliest edited layer and no weight
-gradient is ever formed (``reference/performance.md``: the bare rank-1 edit costs ~0.55–0.7× a fwd+bwd).
+gradient is ever formed (``benchmarks/edit_latency.py`` measures an edit against a fwd+bwd).
 """
 
 from __future__ import annotations

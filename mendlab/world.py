@@ -2,7 +2,7 @@
 
 Nothing can be downloaded here, so the course edits facts about people who do not exist. The world is a
 pure function of :class:`WorldConfig` (seeded, deterministic) and writes the file formats MEND used
-(``reference/mend.md`` §4), so the same readers load MEND's released files and ours:
+(paper §5.1 and Appendix C), so the same readers load MEND's released files and ours:
 
 - zsRE-style QA JSONL (``input``, ``prediction``, ``alternatives``, ``filtered_rephrases``, ``output``);
 - FEVER-style claim JSONL (``logit``, ``input``, ``prediction``, ``alternatives``, ``filtered_rephrases``,

@@ -1,4 +1,4 @@
-"""ENN, Editable Neural Networks (Sinitsin et al., 2020) as the MEND repo runs it (``algs/enn.py``, reference §6.2).
+"""ENN, Editable Neural Networks (Sinitsin et al., 2020) as the MEND repo runs it (``algs/enn.py``).
 
 The edit is one SGD step on the edited matrices, each with its own learned step size lr_ℓ (init 1e-2):
 
@@ -37,7 +37,7 @@ from mendlab.losses import forward, kl_loc, nll, nll_per_example
 
 @dataclass(frozen=True)
 class ENNConfig:
-    """ENN settings (official defaults, reference §6.2).
+    """ENN settings (official defaults, ``config/alg/enn.yaml``).
 
     ``edit_lr``: initial inner step size of every edited matrix (learned; train it with ``lr_lr`` = 1e-3).
     ``c_base``: weight of the distillation KL on x_loc (1.0 for QA and fact-checking, 10.0 for generation).

@@ -1,4 +1,4 @@
-"""FT and FT+KL: edit by fine-tuning a residual on the edited weights (``reference/mend.md`` §6.1).
+"""FT and FT+KL: edit by fine-tuning a residual on the edited weights (paper §5; official ``algs/ft.py``).
 
 Each edited weight W gets a trainable residual R (a full-size zero tensor, or U·V with U ~ N(0, init_std²) and
 V = 0 when ``rank`` is set). RMSprop at ``lr`` with global grad-norm clipping runs at most ``max_steps`` steps on
@@ -41,7 +41,7 @@ from mendlab.families import edited_weights, get_family, is_conv1d
 
 @dataclass(frozen=True)
 class FTConfig:
-    """Fine-tuning editor settings (reference §6.1). ``locality=True`` is FT+KL; ``rank=None`` trains a full-size
+    """Fine-tuning editor settings (``algs/ft.py``). ``locality=True`` is FT+KL; ``rank=None`` trains a full-size
     residual, an int a rank-``rank`` product U·V; ``time_limit`` (seconds) can cut the steps short."""
 
     lr: float = 1e-4

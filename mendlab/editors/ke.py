@@ -1,5 +1,5 @@
 """KE (KnowledgeEditor, De Cao et al. 2021; "efk" in the MEND repo), the hypernetwork baseline of the paper
-(``reference/mend.md`` §6.3, after De Cao's ``one_shot_learner.py`` as MEND's ``algs/efk.py`` adapts it).
+(paper §5, after De Cao's ``one_shot_learner.py`` as MEND's ``algs/efk.py`` adapts it).
 
 A conditioner reads the edit request as tokens, "prediction >> new label || input", through the base model's
 input embedding (a trainable fp32 copy), a 1-layer bidirectional LSTM and Linear + tanh to a vector z. For every

@@ -27,7 +27,7 @@ class MEND(nn.Module):
     """Editor networks for one base model's edited weights (``names``), with their layouts and fingerprint.
 
     The update of weight ℓ is ``W + α_ℓ Σ_t δ̃_t ũ_tᵀ`` as in the official code (α₀ = +1e-4, learned; the paper
-    writes a minus, reference §1.8); ``descent=True`` subtracts instead.
+    writes a minus, §3.1; official ``algs/mend.py`` adds); ``descent=True`` subtracts instead.
     """
 
     alg = "mend"
