@@ -36,7 +36,12 @@ CLAIM_VARIANTS = 7
 # trains on ~68k), 8 in val and test (160 and 320 requests, so one request moves ES by well under 0.01).
 GEN_VARIANTS, GEN_EVAL_VARIANTS = 200, 8
 TASK_DATA = {"claim_variants": CLAIM_VARIANTS, "gen_variants": GEN_VARIANTS, "gen_eval_variants": GEN_EVAL_VARIANTS}
-_TASK_KEY = {**TASK_DATA, "gen_targets": "self-sampled"}  # in the editor cache keys
+
+
+def _task_key(task: str | None) -> dict:
+    """What of the task data enters an editor's cache key: the variants, and for generation the sampler."""
+    targets = asdict(selfsample.SampleConfig()) if task in (None, "gen") else "self-sampled"
+    return {**TASK_DATA, "gen_targets": targets}
 
 
 def task_for(model_name: str, model, tok, task: str | None = None, seed: int | None = None, progress: bool = False):
@@ -86,7 +91,7 @@ def editor_path(model_name: str, alg: str = "mend", variant: str = "mend", seed:
     ws = _world(seed, world_seed)
     train_key = {k: v for k, v in asdict(cfg).items() if k not in _LATER_OPTIONS or v != _LATER_OPTIONS[k]}
     key = {"model": zoo.spec(model_name, prof, ws) if model_name in zoo.names() else model_name, "alg": alg,
-           "variant": variant, "task": task, "train": train_key, **_TASK_KEY}
+           "variant": variant, "task": task, "train": train_key, **_task_key(task)}
     if alg == "mend":
         key["net"] = asdict(NetConfig.variant(variant, **(net or {})))
     else:
@@ -176,7 +181,7 @@ def ft_editor(model_name: str = "tiny-gpt2", alg: str = "ft", seed: int = 0, tas
     locality = [e.locality for e in t.train if e.locality is not None] if alg == "ft_kl" else None
     key = {"model": zoo.spec(model_name, prof, ws) if model_name in zoo.names() else model_name, "alg": alg,
            "task": t.name, "ft": asdict(config), "lrs": list(lrs), "n_val": n_val,
-           **_TASK_KEY}
+           **_task_key(t.name)}
     path = cache_dir() / "editors" / f"{Path(model_name).name}-{alg}-{config_hash(key)}"
     card_file = path / "train_card.json"
     if card_file.exists() and not force:

@@ -51,3 +51,19 @@ def test_a_certain_model_drops_the_request(micro):
     cold = selfsample.SampleConfig(temperature=1e-6, tries=2)  # every sample is the greedy continuation
     got, stats = selfsample.sample_targets(model, tok, prompts, cold, progress=False)
     assert got == [None] * 3 and stats["dropped"] == 3 and stats["first_try_greedy"] == 1.0
+
+
+def test_nucleus_keeps_the_most_likely_tokens_up_to_top_p():
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05], [0.97, 0.01, 0.01, 0.01]])
+    got = selfsample._nucleus(probs, 0.9)
+    assert torch.allclose(got[0], torch.tensor([0.5, 0.3, 0.15, 0.0]) / 0.95)
+    assert torch.equal(got[1], torch.tensor([1.0, 0.0, 0.0, 0.0]))  # the argmax alone already covers 0.9
+    assert torch.equal(selfsample._nucleus(probs, 1.0), probs)
+
+
+def test_nucleus_sampling_never_draws_a_tail_token(tmp_path, monkeypatch):
+    monkeypatch.setenv("MENDLAB_CACHE", str(tmp_path))
+    gen = torch.Generator().manual_seed(0)
+    probs = selfsample._nucleus(torch.tensor([[0.6, 0.35, 0.03, 0.02]]).repeat(2000, 1), 0.9)
+    draws = torch.multinomial(probs, 1, generator=gen).squeeze(1)
+    assert set(draws.tolist()) == {0, 1}

@@ -153,7 +153,7 @@ def test_later_options_enter_the_cache_key_only_when_set(tmp_path, monkeypatch):
     path = experiments.editor_path("some/local-model", train_config=cfg, prof="ci")
     old = {k: v for k, v in asdict(cfg).items() if k != "locality_same_relation"}  # the key before the option
     key = {"model": "some/local-model", "alg": "mend", "variant": "mend", "task": None, "train": old,
-           **experiments._TASK_KEY, "net": asdict(experiments.NetConfig())}
+           **experiments._task_key(None), "net": asdict(experiments.NetConfig())}
     assert path.name == f"local-model-mend-mend-{config_hash(key)}"
     other = experiments.editor_path("some/local-model", train_config=replace(cfg, locality_same_relation=0.5),
                                     prof="ci")
