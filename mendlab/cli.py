@@ -42,12 +42,6 @@ def cmd_world(args) -> None:
     _emit(args, result, "\n".join(lines))
 
 
-def _card_line(card: dict) -> str:
-    return (f"{card['name']:12s} params {card['params']:>9,d}  acc_train {card['acc_train']:.3f}  "
-            f"acc_heldout_template {card['acc_heldout_template']:.3f}  {card['seconds']:.1f}s"
-            f"{' (cached)' if card['cached'] else ''}\n  {card['path']}")
-
-
 def cmd_zoo(args) -> None:
     from mendlab import zoo
 
@@ -71,14 +65,14 @@ def cmd_zoo(args) -> None:
             "build_seconds")
     if args.all:
         cards = [zoo.build(name, seed=args.seed, progress=not args.json) for name in zoo.names()]
-        _emit(args, {"models": [{k: c[k] for k in keys} for c in cards]}, "\n".join(map(_card_line, cards)))
+        _emit(args, {"models": [{k: c[k] for k in keys} for c in cards]}, "\n".join(map(zoo.card_line, cards)))
         return
     name = args.name
     if args.config or args.set:
         name = zoo.variant(args.name, seed=args.seed, config=_pairs(args.config, "--config"),
                            **_pairs(args.set, "--set"))
     card = zoo.build(name, seed=args.seed, progress=not args.json)
-    _emit(args, {k: card[k] for k in keys}, _card_line(card))
+    _emit(args, {k: card[k] for k in keys}, zoo.card_line(card))
 
 
 def _editor_dir(path: str) -> tuple[Path, dict]:
@@ -178,31 +172,53 @@ def cmd_eval(args) -> None:
     _emit(args, result, human)
 
 
-def cmd_compare(args) -> None:
+def _run_table(args, default_setups, run, summarize, figure) -> None:
+    """Run ``run(setups, seeds, on_row)`` (a runner of :mod:`mendlab.experiments`), writing ``--out`` row by
+    row with its provenance and ``--figure``; print ``summarize(frame)``."""
     import pandas as pd
 
-    from mendlab import experiments, report
     from mendlab.config import profile
+    from mendlab.experiments import report
 
-    setups = [tuple(s.split(":", 1)) for s in args.setup] or list(experiments.DEFAULT_SETUPS)
+    setups = [tuple(s.split(":", 1)) for s in args.setup] or list(default_setups)
     seeds = [int(s) for s in args.seeds.split(",")]
     table = None
     if args.out:
+        options = {k: getattr(args, k) for k in ("algs", "variants", "split", "n", "steps", "n_val", "world_seed")
+                   if hasattr(args, k)}
         table = report.ResultsTable(args.out, report.provenance(
-            report.command_line(args.argv), profile(), seeds, setups=[":".join(s) for s in setups], algs=args.algs,
-            split=args.split, n=args.n, steps=args.steps, n_val=args.n_val, world_seed=args.world_seed))
-    frame = experiments.compare(setups, args.algs.split(","), seeds, n=args.n, split=args.split, steps=args.steps,
-                                n_val=args.n_val, world_seed=args.world_seed, progress=not args.json,
-                                on_row=table.add if table else None)
+            report.command_line(args.argv), profile(), seeds, setups=[":".join(s) for s in setups], **options))
+    frame = run(setups, seeds, on_row=table.add if table else None)
     if table is not None:
         table.close()
         if args.figure:
-            from mendlab import plots
-
-            plots.compare(frame).savefig(args.figure, dpi=120, bbox_inches="tight")
+            figure(frame).savefig(args.figure, dpi=120, bbox_inches="tight")
     with pd.option_context("display.width", 200):
-        human = experiments.summarize(frame).to_string()
+        human = summarize(frame).to_string()
     _emit(args, {"rows": frame.round(5).to_dict(orient="records")}, human)
+
+
+def cmd_compare(args) -> None:
+    from mendlab import experiments, plots
+
+    def run(setups, seeds, on_row):
+        return experiments.compare(setups, args.algs.split(","), seeds, n=args.n,
+                                   split=args.split, steps=args.steps, n_val=args.n_val, world_seed=args.world_seed,
+                                   progress=not args.json, on_row=on_row)
+
+    _run_table(args, experiments.DEFAULT_SETUPS, run, experiments.summarize, plots.compare)
+
+
+def cmd_ablate(args) -> None:
+    from mendlab import plots
+    from mendlab.experiments import ablations
+
+    def run(setups, seeds, on_row):
+        return ablations.ablate(setups, args.variants.split(","), seeds, n=args.n,
+                                split=args.split, steps=args.steps, world_seed=args.world_seed,
+                                progress=not args.json, on_row=on_row)
+
+    _run_table(args, ablations.ABLATION_SETUPS, run, ablations.summarize, plots.ablations)
 
 
 def cmd_edit(args) -> None:
@@ -222,42 +238,31 @@ def cmd_edit(args) -> None:
 
 
 def cmd_demo(args) -> None:
-    import pandas as pd
+    from mendlab.experiments.demo import demo
 
-    from mendlab import experiments, metrics, probe, zoo
-
-    t0 = time.perf_counter()
-    seed = args.seed or 0
-    editor, model, tok, card = experiments.train_editor(args.model, seed=seed, progress=not args.json)
-    zcard = zoo.build(args.model, seed=seed, progress=False)
-    world = zoo.world_of(args.model, seed=seed)
-    subjects = world.subjects_in("test")[: args.subjects]
-    df = probe.knowledge(model, tok, world, subjects)
-    lines = [_card_line(zcard), f"what it knows about {len(subjects)} test-split subjects:",
-             probe.summary(df).to_string(), "",
-             f"MEND editor: {card['editor_params']:,} parameters, {'cached' if card['cached'] else 'trained'} "
-             f"({card['train_seconds']} s of training, {card['steps']} steps)", "",
-             "Edits of facts the editor never saw (test-split subjects):"]
-    t = experiments.task_for(args.model, model, tok, None, seed)
-    shown = []
-    for e in t.test[: args.edits]:
-        _, rep = experiments.edit_report(editor, model, tok, e.prompt, e.target,
-                                         e.rephrases[:1] + e.heldout_rephrases[:1], [t.panel[0]])
-        shown.append(rep.assign(request=e.prompt))
-    with pd.option_context("display.width", 160, "display.max_colwidth", 45):
-        table = pd.concat(shown)[["role", "prompt", "expected", "answer_before", "answer_after", "p_after"]]
-        lines.append(table.round(3).to_string(index=False))
-    result = experiments.evaluate_editor(editor, model, tok, args.model, seed=seed, n=args.n,
-                                         progress=not args.json)
-    result = metrics.rounded(result, 4)
-    lines += ["", f"Held-out evaluation on {result['n']} edits (each alone):",
-              "  ".join(f"{k}={result[k]}" for k in metrics.KEYS)]
-    result = {**result, "model": args.model, "seed": seed, "seconds": round(time.perf_counter() - t0, 1)}
+    result, lines = demo(args.model, args.seed or 0, subjects=args.subjects, edits=args.edits, n=args.n,
+                         progress=not args.json)
     _emit(args, result, "\n".join(lines))
+
+
+def _table_options(p: argparse.ArgumentParser, default_setups: str, example_out: str) -> None:
+    """The options every results-table command shares."""
+    p.add_argument("--setup", action="append", default=[], help=f"MODEL:TASK (repeatable; default: {default_setups})")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--n", type=int, default=None, help="evaluate only the first N requests")
+    p.add_argument("--steps", type=int, default=None, help="training steps of trained editors (default: profile)")
+    p.add_argument("--world-seed", type=int, default=None,
+                   help="one world and base model for every seed (the seeds then vary only the editors)")
+    p.add_argument("--split", default="test", choices=("val", "test"))
+    p.add_argument("--out", default=None, help=f"also write the rows as CSV, row by row, with a provenance sidecar "
+                                               f"(e.g. {example_out})")
+    p.add_argument("--figure", default=None, help="with --out: also save the figure (e.g. .png)")
+    p.add_argument("--json", action="store_true")
 
 
 def build_parser() -> argparse.ArgumentParser:
     from mendlab.editors import ALGS
+    from mendlab.nets import VARIANTS
 
     p = argparse.ArgumentParser(prog="mendlab", description=__doc__.splitlines()[0])
     p.add_argument("--profile", choices=("ci", "full"), help="overrides $MENDLAB_PROFILE")
@@ -334,21 +339,15 @@ def build_parser() -> argparse.ArgumentParser:
     ed.set_defaults(func=cmd_edit)
 
     c = sub.add_parser("compare", help="MEND against FT, FT+KL, KE and ENN (paper Table 4)")
-    c.add_argument("--setup", action="append", default=[], help="MODEL:TASK (repeatable; default: tiny-bert:claim, "
-                                                                  "tiny-bart:qa, tiny-gpt2:gen)")
+    _table_options(c, "tiny-bert:claim, tiny-bart:qa, tiny-gpt2:gen", "results/compare_ci.csv")
     c.add_argument("--algs", default=",".join(ALGS))
-    c.add_argument("--seeds", default="0,1,2")
-    c.add_argument("--n", type=int, default=None, help="evaluate only the first N requests")
-    c.add_argument("--steps", type=int, default=None, help="training steps of KE, ENN and MEND (default: profile)")
     c.add_argument("--n-val", type=int, default=48, help="validation requests in FT's lr sweep")
-    c.add_argument("--world-seed", type=int, default=None,
-                   help="one world and base model for every seed (the seeds then vary only the editors)")
-    c.add_argument("--split", default="test", choices=("val", "test"))
-    c.add_argument("--out", default=None, help="also write the rows as CSV, row by row, with a provenance sidecar "
-                                               "(e.g. results/compare_ci.csv)")
-    c.add_argument("--figure", default=None, help="with --out: also save the comparison figure (e.g. .png)")
-    c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_compare)
+
+    a = sub.add_parser("ablate", help="MEND's editor-network ablations (paper Table 6)")
+    _table_options(a, "tiny-gpt2:gen, tiny-bart:qa", "results/ablations.csv")
+    a.add_argument("--variants", default=",".join(VARIANTS), help=f"among {','.join(VARIANTS)}")
+    a.set_defaults(func=cmd_ablate)
 
     d = sub.add_parser("demo", help="the main job: world, tiny model, train MEND, edit, evaluate")
     d.add_argument("--model", default="tiny-gpt2")

@@ -31,3 +31,35 @@ def compare(frame, metrics=("es_rephrase", "drawdown"), axes=None):
     fig = axes[0].figure
     fig.tight_layout()
     return fig
+
+
+def ablations(frame, paper: dict | None = None):
+    """Edit success against drawdown per editor-network variant, one panel per task: the mean over seeds with
+    the seeds' standard deviation as error bars; ``paper`` ({task: {variant: (ES, drawdown)}}) adds the paper's
+    Table 6 figures as hollow markers. ``frame``: the long table of :func:`mendlab.experiments.ablations.ablate`.
+    """
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    from mendlab.experiments.ablations import LABELS, ORDER, PAPER_TABLE6
+
+    paper = PAPER_TABLE6 if paper is None else paper
+    tasks = list(dict.fromkeys(frame["task"]))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5.2 * len(tasks), 4), squeeze=False)
+    colours = dict(zip(ORDER, sns.color_palette("tab10", len(ORDER)), strict=True))
+    for ax, task in zip(axes[0], tasks, strict=True):
+        stats = frame[frame["task"] == task].groupby("variant")[["es_rephrase", "drawdown"]].agg(["mean", "std"])
+        for variant in [v for v in ORDER if v in stats.index]:
+            row = stats.loc[variant].fillna(0.0)
+            ax.errorbar(row[("drawdown", "mean")], row[("es_rephrase", "mean")], xerr=row[("drawdown", "std")],
+                        yerr=row[("es_rephrase", "std")], fmt="o", color=colours[variant], label=LABELS[variant],
+                        capsize=3)
+            if variant in paper.get(task, {}):
+                es, dd = paper[task][variant]
+                ax.scatter(dd, es, facecolors="none", edgecolors=colours[variant], s=60)
+        ax.set_title(f"{task}: filled = measured, hollow = paper Table 6")
+        ax.set_xlabel("drawdown (lower is better)")
+        ax.set_ylabel("edit success on x'_e (higher is better)")
+    axes[0][-1].legend(title="variant", bbox_to_anchor=(1.02, 1), loc="upper left")
+    fig.tight_layout()
+    return fig

@@ -4,8 +4,9 @@ There, y_e is a 10-token sample of the pre-trained model itself after the passag
 continuation matches it for under 1 % of the requests. So an edit asks for text the model finds plausible but
 would not write: a learned editor can then learn *how* to move the model towards a continuation rather than
 memorise a few fixed strings. :func:`retarget` gives every generation request of a task such a target: it samples
-at temperature 1 from the nucleus of top_p 0.9 of the mass (special tokens excluded) and draws again, up to ``tries`` times, for any request whose sample is
-the greedy continuation. Requests the model is certain about in every try are dropped and counted.
+at temperature 1 from the nucleus holding 0.9 of the probability (special tokens excluded) and draws again, up to
+``tries`` times, for any request whose sample is the greedy continuation. Requests the model is certain about in
+every try are dropped and counted.
 
 Samples are cached by model weights, prompts and settings (``$MENDLAB_CACHE/selfsample``), so a task is the same
 however often it is built.

@@ -313,6 +313,13 @@ def _train_model(s: ZooSpec, progress: bool):
 
 
 # -- cache and loading --------------------------------------------------------------------------------------------
+def card_line(card: dict) -> str:
+    """One zoo model's build card in two lines: size, accuracies, build time, and where it is."""
+    return (f"{card['name']:12s} params {card['params']:>9,d}  acc_train {card['acc_train']:.3f}  "
+            f"acc_heldout_template {card['acc_heldout_template']:.3f}  {card['seconds']:.1f}s"
+            f"{' (cached)' if card['cached'] else ''}\n  {card['path']}")
+
+
 def cache_path(s: ZooSpec) -> Path:
     return cfg.cache_dir() / "models" / f"{s.name}-{cfg.config_hash(s)}"
 

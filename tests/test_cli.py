@@ -134,7 +134,8 @@ def test_train_weights_and_net_reach_the_saved_editor(capsys, tmp_path, monkeypa
 def test_compare_out_writes_rows_as_they_finish_with_provenance(capsys, tmp_path, monkeypatch):
     import pandas as pd
 
-    from mendlab import experiments, report
+    from mendlab import experiments
+    from mendlab.experiments import report
 
     seen = []
 

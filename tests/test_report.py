@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from mendlab import report
+from mendlab.experiments import report
 
 
 def test_rows_land_as_they_come_and_the_sidecar_says_how(tmp_path):

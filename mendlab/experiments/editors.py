@@ -1,5 +1,6 @@
-"""Runners that the CLI, the notebooks and the benchmarks share: train (or find cached) an editor for a zoo
-model, evaluate it on held-out edits, and tabulate results as pandas DataFrames."""
+"""The cache of editors every experiment shares: the task a zoo model is edited on, trained editors (MEND, its
+ablations, KE, ENN) and FT / FT+KL with their learning rate swept on validation requests, each cached by its
+whole configuration so that a notebook, a CLI command and a benchmark reuse the same editor."""
 
 from __future__ import annotations
 
@@ -11,23 +12,13 @@ from pathlib import Path
 
 import torch
 
-from mendlab import metrics, selfsample, tasks, zoo
+from mendlab import selfsample, tasks, zoo
 from mendlab.config import cache_dir, config_hash, profile
 from mendlab.families import edited_weights, get_family
 from mendlab.nets import NetConfig
 from mendlab.train import TrainConfig, train
 
-DEFAULT_SETUPS = (("tiny-bert", "claim"), ("tiny-bart", "qa"), ("tiny-gpt2", "gen"))  # paper Table 4's layout
 FT_LRS = (1e-5, 1e-4, 1e-3, 1e-2)
-# what a comparison costs per profile: editor training steps (None: the profile's), test and FT-sweep requests
-COMPARE_BUDGET = {"ci": {"steps": 300, "n": 24, "n_val": 8}, "full": {"steps": None, "n": None, "n_val": 48}}
-
-
-def compare_budget(prof: str | None = None) -> dict:
-    """The notebook-sized comparison settings of a profile (``COMPARE_BUDGET``); ``mendlab compare`` runs the
-    whole profile instead."""
-    return dict(COMPARE_BUDGET[prof or profile()])
-
 
 # Claims have two labels, so a claim request cannot get a fresh target (``TrainConfig.resample_target``): the
 # training split gets this many redrawn claims per training fact instead (val and test are unchanged).
@@ -77,7 +68,8 @@ def alg_settings(alg: str, task: str | None = None):
 _LATER_OPTIONS = {"locality_same_relation": 0.0}
 
 
-def _world(seed: int, world_seed: int | None) -> int:
+def world_of_run(seed: int, world_seed: int | None) -> int:
+    """The world (and zoo base model) seed of a run: ``world_seed`` when given, else the run's ``seed``."""
     return seed if world_seed is None else world_seed
 
 
@@ -88,7 +80,7 @@ def editor_path(model_name: str, alg: str = "mend", variant: str = "mend", seed:
     """Where ``train_editor`` caches this editor: a folder named by model, alg, variant and a config hash."""
     prof = prof or profile()
     cfg = train_config or TrainConfig.for_profile(prof, seed=seed)
-    ws = _world(seed, world_seed)
+    ws = world_of_run(seed, world_seed)
     train_key = {k: v for k, v in asdict(cfg).items() if k not in _LATER_OPTIONS or v != _LATER_OPTIONS[k]}
     key = {"model": zoo.spec(model_name, prof, ws) if model_name in zoo.names() else model_name, "alg": alg,
            "variant": variant, "task": task, "train": train_key, **_task_key(task)}
@@ -131,7 +123,7 @@ def train_editor(model_name: str = "tiny-gpt2", alg: str = "mend", variant: str 
     prof = profile()
     overrides = {} if alg == "mend" else alg_settings(alg, task)[1]
     cfg = train_config or TrainConfig.for_profile(prof, seed=seed, **overrides)
-    ws = _world(seed, world_seed)
+    ws = world_of_run(seed, world_seed)
     model, tok = zoo.load(model_name, seed=ws if model_name in zoo.names() else None, progress=progress)
     if task == tasks.DEFAULT_TASK[get_family(model).kind]:
         task = None  # the default task and None are one cache entry
@@ -174,7 +166,7 @@ def ft_editor(model_name: str = "tiny-gpt2", alg: str = "ft", seed: int = 0, tas
     from mendlab.editors.ft import FTConfig, best_lr, sweep_lr
 
     prof = profile()
-    ws = _world(seed, world_seed)
+    ws = world_of_run(seed, world_seed)
     model, tok = zoo.load(model_name, seed=ws if model_name in zoo.names() else None, progress=progress)
     t = task_for(model_name, model, tok, task, ws, progress=progress)
     config = FTConfig(locality=alg == "ft_kl", seed=seed)
@@ -204,124 +196,18 @@ def ft_editor(model_name: str = "tiny-gpt2", alg: str = "ft", seed: int = 0, tas
     return editor, model, tok, card
 
 
-def evaluate_editor(editor, model, tok, model_name: str, *, seed: int = 0, task: str | None = None,
-                    split: str = "test", n: int | None = None, n_edits: int = 1, progress: bool = True,
-                    return_rows: bool = False):
-    """``metrics.evaluate`` on the held-out split of the model's world (test subjects never seen in training)."""
-    t = task_for(model_name, model, tok, task, seed, progress=progress)
-    examples = t.split(split)[:n] if n else t.split(split)
-    return metrics.evaluate(editor, model, tok, examples, t.panel, n_edits=n_edits, progress=progress,
-                            return_rows=return_rows)
-
-
-def target_probability(model, tok, prompt: str, target: str, edit=None) -> float:
-    """p(target | prompt) under teacher forcing (product over the target's tokens), optionally edited."""
-    from mendlab import losses
-    from mendlab.data import Collator
-
-    collator = Collator.for_model(model, tok)
-    enc = {k: v.to(next(model.parameters()).device) for k, v in collator.encode([(prompt, target)]).items()}
-    with torch.no_grad():
-        logits = edit.forward(model, enc) if edit is not None else losses.forward(model, enc)
-    if collator.kind == "classifier":
-        p = torch.sigmoid(logits.float().reshape(-1))[0]
-        return float(p if enc["labels"][0] == 1 else 1 - p)
-    total, _ = losses.token_nll(collator.kind, logits, enc["labels"])
-    return float(torch.exp(-total[0]))
-
-
-def edit_report(editor, model, tok, prompt: str, target: str, rephrases=(), unrelated=()):
-    """Edit ``prompt`` → ``target`` and tabulate answers and p(target) before and after, on the prompt, its
-    rephrases and unrelated (prompt, answer) pairs (where p is of *their own* answer). Returns (edit, DataFrame)."""
-    import pandas as pd
-
-    from mendlab import probe
-    from mendlab.data import EditExample
-
-    with torch.no_grad():
-        edit = editor.edit(model, tok, EditExample(prompt, target)).detach()
-    checks = ([("edit", prompt, target)] + [("rephrase", r, target) for r in rephrases]
-              + [("unrelated", p, a) for p, a in unrelated])
-    prompts = [p for _, p, _ in checks]
-    before = probe.answer(model, tok, prompts)
-    with edit.applied(model):
-        after = probe.answer(model, tok, prompts)
-    rows = [{"role": role, "prompt": p, "expected": a, "answer_before": b, "answer_after": c,
-             "p_before": target_probability(model, tok, p, a), "p_after": target_probability(model, tok, p, a, edit)}
-            for (role, p, a), b, c in zip(checks, before, after, strict=True)]
-    return edit, pd.DataFrame(rows)
-
-
 def editor_for(model_name: str, alg: str, seed: int = 0, task: str | None = None, *, steps: int | None = None,
-               n_val: int = 48, world_seed: int | None = None, progress: bool = False):
+               n_val: int = 48, world_seed: int | None = None, variant: str = "mend", progress: bool = False):
     """(editor, model, tokenizer, card) for any alg as the comparison runs it: trained editors with the profile's
     TrainConfig (``steps`` overriding its length) plus the alg's own settings (:func:`alg_settings`), FT and
-    FT+KL with their lr swept on ``n_val`` validation requests. Cached like :func:`train_editor`."""
+    FT+KL with their lr swept on ``n_val`` validation requests. ``variant``: a MEND ablation (``NetConfig``).
+    Cached like :func:`train_editor`."""
     from mendlab.editors import TRAINED
 
     if alg not in TRAINED:
         return ft_editor(model_name, alg, seed, task, n_val=n_val, progress=progress, world_seed=world_seed)
     overrides = {} if alg == "mend" else alg_settings(alg, task)[1]
     cfg = TrainConfig.for_profile(seed=seed, **overrides, **({"steps": steps} if steps else {}))
-    return train_editor(model_name, alg, seed=seed, task=task, train_config=cfg, progress=progress,
+    return train_editor(model_name, alg, variant, seed=seed, task=task, train_config=cfg, progress=progress,
                         world_seed=world_seed)
 
-
-def compare(setups=DEFAULT_SETUPS, algs=("ft", "ft_kl", "ke", "enn", "mend"), seeds=(0, 1, 2), *,
-            n: int | None = None, split: str = "test", steps: int | None = None, n_val: int = 48,
-            world_seed: int | None = None, progress: bool = True, on_row=None):
-    """The method comparison (paper Table 4): for every (model, task) in ``setups``, alg and seed, get the editor
-    (trained and cached, or FT's lr swept on validation requests) and evaluate it on the ``split`` edits.
-
-    ``seeds`` pick world, base model and editor; with ``world_seed`` every run uses that one world and base model,
-    and the seeds vary only the editors (initialisation, sampling, FT's locality draws).
-    ``steps`` overrides the profile's training steps of the trained editors; ``n_val``: validation requests in
-    FT's lr sweep. Returns a long DataFrame, one row per (model, task, alg, seed), with the metric keys,
-    ``drawdown`` (acc_dd, or ppl_dd where accuracy is not defined), ``edit_ms`` and ``train_s``. ``summarize``
-    gives mean ± std. ``on_row(row)`` is called as each row is finished (``report.ResultsTable.add``).
-    """
-    import pandas as pd
-    from tqdm.auto import tqdm
-
-    rows = []
-    jobs = [(m, t, a, s) for s in seeds for m, t in setups for a in algs]  # seed by seed: a cut run has whole seeds
-    for model_name, task, alg, seed in tqdm(jobs, desc="compare", disable=not progress):
-        editor, model, tok, card = editor_for(model_name, alg, seed, task, steps=steps, n_val=n_val,
-                                              world_seed=world_seed)
-        r = evaluate_editor(editor, model, tok, model_name, seed=_world(seed, world_seed), task=task, split=split,
-                            n=n, progress=False)
-        rows.append({"model": model_name, "task": task, "alg": alg, "seed": seed,
-                     "world_seed": _world(seed, world_seed),
-                     **{k: r[k] for k in ("es_edit", "es_rephrase", "es_heldout", "acc_dd", "ppl_dd", "kl", "n")},
-                     "drawdown": r["acc_dd"] if r["acc_dd"] is not None else r["ppl_dd"],
-                     "edit_ms": r["edit_ms"], "train_s": card.get("train_seconds", 0.0),
-                     "settings": json.dumps(editor_settings(alg, card), sort_keys=True)})
-        if on_row is not None:
-            on_row(rows[-1])
-    return pd.DataFrame(rows)
-
-
-def editor_settings(alg: str, card: dict) -> dict:
-    """What an editor was run with, as the results table records it: FT's swept lr, the trained editors' steps."""
-    if card.get("lr") is not None:
-        return {"lr": card["lr"], "lrs_swept": [r["lr"] for r in card.get("sweep", [])]}
-    return {k: card[k] for k in ("steps", "best_step", "train_seconds") if k in card}
-
-
-def summarize(frame, keys=("es_rephrase", "drawdown"), digits: int = 3):
-    """Mean ± std over seeds, one row per alg and a column pair per (task, key): paper Table 4's layout.
-
-    The default ES is ``es_rephrase``: the official code scores edit success on x'_e (``edit_outer``, a rephrase
-    or, for generation, the passage with a random prefix removed), never on the edited input itself."""
-    stats = frame.groupby(["alg", "task"], sort=False)[list(keys)].agg(["mean", "std"])
-    cells = {}
-    for (alg, task), row in stats.iterrows():
-        for key in keys:
-            mean, std = row[(key, "mean")], row[(key, "std")]
-            cells.setdefault(alg, {})[(task, key)] = (f"{mean:.{digits}f}" if std != std  # NaN: one seed
-                                                       else f"{mean:.{digits}f} ± {std:.{digits}f}")
-    import pandas as pd
-
-    out = pd.DataFrame.from_dict(cells, orient="index")
-    out.columns = pd.MultiIndex.from_tuples(out.columns, names=["task", "metric"])
-    return out

@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from mendlab.cli import main
+from mendlab.experiments import ablations, report
+from mendlab.nets import VARIANTS
+
+
+def _hand_count(shapes, sides="both", shared=True, rank=1920):
+    """Editor parameters by the formula: per editor and block 2·D·r + D (+ 2·N·D scale and offset when shared)."""
+    groups = {}
+    for shape in shapes.values():
+        groups.setdefault(shape, []).append(shape)
+    dims = {"both": lambda m, n: m + n, "u": lambda m, n: m, "delta": lambda m, n: n,
+            "smaller": lambda m, n: min(m, n)}[sides]
+    total = 0
+    for (m, n), members in groups.items():
+        d = dims(m, n)
+        per_block = 2 * d * min(rank, d) + d
+        if shared:
+            total += 2 * (per_block + 2 * len(members) * d)
+        else:
+            total += len(members) * 2 * per_block
+    return total
+
+
+def test_distilgpt2_parameter_counts_match_the_formula():
+    shapes = ablations.reference_shapes()
+    assert sorted(set(shapes.values())) == [(768, 3072), (3072, 768)] and len(shapes) == 6
+    got = ablations.variant_parameters(shapes)
+    assert got["mend"] == got["no_norm"] == got["no_id_init"] == _hand_count(shapes) == 59_089_920
+    assert got["no_share"] == _hand_count(shapes, shared=False) == 176_993_280
+    assert got["only_u"] == got["only_delta"] == _hand_count(shapes, "u") == 26_006_016
+    assert got["only_smaller"] == _hand_count(shapes, "smaller") == 4_740_096
+
+
+def _fake_editor_for(calls):
+    def editor_for(model_name, alg, seed, task, *, steps=None, world_seed=None, variant="mend", **kw):
+        calls.append((model_name, alg, seed, task, variant, steps))
+        return None, None, None, {"editor_params": 10 + len(variant), "train_seconds": 1.5, "steps": 7,
+                                  "best_step": 5}
+    return editor_for
+
+
+def test_ablate_trains_every_variant_as_mend_and_tabulates(monkeypatch):
+    calls = []
+    monkeypatch.setattr(ablations, "editor_for", _fake_editor_for(calls))
+    monkeypatch.setattr(ablations, "evaluate_editor", lambda *a, **k: {
+        "es_edit": 1.0, "es_rephrase": 0.5 if k["task"] == "qa" else 0.25, "acc_dd": 0.01 if k["task"] == "qa"
+        else None, "ppl_dd": 0.2, "n": 3})
+    seen = []
+    frame = ablations.ablate(variants=("mend", "no_norm"), seeds=(0, 1), progress=False, on_row=seen.append)
+    assert len(frame) == len(seen) == 8 and {c[1] for c in calls} == {"mend"}
+    assert [c[4] for c in calls[:4]] == ["mend", "no_norm", "mend", "no_norm"]  # seed by seed
+    gen = frame[frame["task"] == "gen"]
+    assert (gen["drawdown"] == 0.2).all() and (frame[frame["task"] == "qa"]["drawdown"] == 0.01).all()
+    assert (frame["params_distilgpt2"] == frame["variant"].map(ablations.variant_parameters())).all()
+    table = ablations.summarize(frame)
+    assert list(table["variant"][:2]) == ["MEND", "No norm."] and table["paper_es"].iloc[0] == 0.86
+    with pytest.raises(ValueError, match="unknown variants"):
+        ablations.ablate(variants=("no_such",), progress=False)
+
+
+def test_every_variant_has_a_label_and_paper_figures():
+    assert set(ablations.LABELS) == set(VARIANTS)
+    assert all(set(ablations.PAPER_TABLE6[t]) == set(VARIANTS) for t in ("gen", "qa"))
+
+
+def test_ablate_command_writes_table_provenance_and_figure(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(ablations, "editor_for", _fake_editor_for(calls))
+    monkeypatch.setattr(ablations, "evaluate_editor", lambda *a, **k: {
+        "es_edit": 1.0, "es_rephrase": 0.9, "acc_dd": 0.01, "ppl_dd": None, "n": 3})
+    out = tmp_path / "ablations.csv"
+    assert main(["ablate", "--setup", "tiny-bart:qa", "--variants", "mend,only_u", "--seeds", "0", "--steps", "3",
+                 "--out", str(out), "--figure", str(tmp_path / "a.png"), "--json"]) == 0
+    frame, prov = report.load(out)
+    assert isinstance(frame, pd.DataFrame) and list(frame["variant"]) == ["mend", "only_u"]
+    assert prov["complete"] and prov["command"].startswith("mendlab ablate") and prov["steps"] == 3
+    assert prov["setups"] == ["tiny-bart:qa"] and prov["variants"] == "mend,only_u"
+    assert (tmp_path / "a.png").exists() and all(c[5] == 3 for c in calls)
