@@ -85,16 +85,12 @@ def _editor_dir(path: str) -> tuple[Path, dict]:
 
 def cmd_train(args) -> None:
     from mendlab import experiments
+    from mendlab.editors import editor_class
     from mendlab.nets import NetConfig
     from mendlab.train import TrainConfig
 
     overrides = {k: v for k, v in (("steps", args.steps), ("time_limit", args.time_limit)) if v is not None}
-    from mendlab.editors import TRAINED
-
-    overrides.update(_settings(args.set, TrainConfig))
-
-    if args.alg in TRAINED and args.alg != "mend":
-        overrides = {**experiments.alg_settings(args.alg, args.task)[1], **overrides}
+    overrides = {**editor_class(args.alg).train_overrides(args.task), **overrides, **_settings(args.set, TrainConfig)}
     cfg = TrainConfig.for_profile(seed=args.seed, **overrides)
     net = _settings(args.net, NetConfig, "--net")
     names = [n.strip() for n in args.weights.split(",") if n.strip()] if args.weights else None
@@ -260,14 +256,7 @@ def _table_options(p: argparse.ArgumentParser, default_setups: str, example_out:
     p.add_argument("--json", action="store_true")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from mendlab.editors import ALGS
-    from mendlab.nets import VARIANTS
-
-    p = argparse.ArgumentParser(prog="mendlab", description=__doc__.splitlines()[0])
-    p.add_argument("--profile", choices=("ci", "full"), help="overrides $MENDLAB_PROFILE")
-    sub = p.add_subparsers(dest="cmd", required=True)
-
+def _add_world(sub) -> None:
     w = sub.add_parser("world", help="write the synthetic world in MEND's file formats")
     w.add_argument("--seed", type=int, default=0)
     w.add_argument("--subjects", type=int, default=200)
@@ -275,6 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--json", action="store_true")
     w.set_defaults(func=cmd_world)
 
+
+def _add_zoo(sub) -> None:
     z = sub.add_parser("zoo", help="build or list the small base models")
     zsub = z.add_subparsers(dest="zoo_cmd", required=True)
     zb = zsub.add_parser("build", help="build (or find cached) one zoo model, or all of them")
@@ -291,6 +282,10 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--seed", type=int, default=None)
         q.add_argument("--json", action="store_true")
     z.set_defaults(func=cmd_zoo)
+
+
+def _add_train(sub) -> None:
+    from mendlab.editors import ALGS
 
     t = sub.add_parser("train", help="train an editor for a model (cached by configuration)")
     t.add_argument("--model", default="tiny-gpt2", help="zoo name or local model folder")
@@ -313,6 +308,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--json", action="store_true")
     t.set_defaults(func=cmd_train)
 
+
+def _add_eval(sub) -> None:
+    from mendlab.editors import ALGS
+
     e = sub.add_parser("eval", help="evaluate a trained editor on held-out edits")
     e.add_argument("--model", default="tiny-gpt2")
     e.add_argument("--editor", default=None, help="folder written by `mendlab train` (default: the cached editor "
@@ -326,6 +325,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_eval)
 
+
+def _add_edit(sub) -> None:
+    from mendlab.editors import ALGS
+
     ed = sub.add_parser("edit", help="edit one fact you type and show before/after")
     ed.add_argument("--model", default="tiny-gpt2")
     ed.add_argument("--editor", default=None)
@@ -338,17 +341,27 @@ def build_parser() -> argparse.ArgumentParser:
     ed.add_argument("--json", action="store_true")
     ed.set_defaults(func=cmd_edit)
 
+
+def _add_compare(sub) -> None:
+    from mendlab.editors import ALGS
+
     c = sub.add_parser("compare", help="MEND against FT, FT+KL, KE and ENN (paper Table 4)")
     _table_options(c, "tiny-bert:claim, tiny-bart:qa, tiny-gpt2:gen", "results/compare_ci.csv")
     c.add_argument("--algs", default=",".join(ALGS))
     c.add_argument("--n-val", type=int, default=48, help="validation requests in FT's lr sweep")
     c.set_defaults(func=cmd_compare)
 
+
+def _add_ablate(sub) -> None:
+    from mendlab.nets import VARIANTS
+
     a = sub.add_parser("ablate", help="MEND's editor-network ablations (paper Table 6)")
     _table_options(a, "tiny-gpt2:gen, tiny-bart:qa", "results/ablations.csv")
     a.add_argument("--variants", default=",".join(VARIANTS), help=f"among {','.join(VARIANTS)}")
     a.set_defaults(func=cmd_ablate)
 
+
+def _add_demo(sub) -> None:
     d = sub.add_parser("demo", help="the main job: world, tiny model, train MEND, edit, evaluate")
     d.add_argument("--model", default="tiny-gpt2")
     d.add_argument("--seed", type=int, default=None)
@@ -357,6 +370,20 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--n", type=int, default=None, help="evaluate only the first N held-out edits")
     d.add_argument("--json", action="store_true")
     d.set_defaults(func=cmd_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mendlab", description=__doc__.splitlines()[0])
+    p.add_argument("--profile", choices=("ci", "full"), help="overrides $MENDLAB_PROFILE")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    _add_world(sub)
+    _add_zoo(sub)
+    _add_train(sub)
+    _add_eval(sub)
+    _add_edit(sub)
+    _add_compare(sub)
+    _add_ablate(sub)
+    _add_demo(sub)
     return p
 
 

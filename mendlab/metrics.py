@@ -68,7 +68,6 @@ def evaluate(editor, model, tokenizer, examples: Sequence[EditExample], panel: l
     from tqdm.auto import tqdm
 
     collator = Collator.for_model(model, tokenizer, max_length=max_length)
-    kind = collator.kind
     device = next(model.parameters()).device
     gen = examples[0].kind == "gen"
 
@@ -76,64 +75,76 @@ def evaluate(editor, model, tokenizer, examples: Sequence[EditExample], panel: l
         return {k: v.to(device) for k, v in collator.encode(pairs, gen=gen).items()}
 
     pan = _Panel(model, collator, panel)
-    separate = n_edits == 1 and getattr(editor, "batched", False)  # many requests apart in one pass (EditSet)
+    separate = n_edits == 1 and editor.batched  # many requests apart in one pass (an EditSet)
     group = chunk if separate else n_edits
     rows, nll_post, tok_post, edit_s = [], 0.0, 0, 0.0
-    bar = tqdm(range(0, len(examples), group), desc="evaluate", disable=not progress, mininterval=1.0)
-    for start in bar:
+    for start in tqdm(range(0, len(examples), group), desc="evaluate", disable=not progress, mininterval=1.0):
         members = list(examples[start:start + group])
         inner = enc_of([(e.prompt, e.target) for e in members])
         t0 = time.perf_counter()
         # editors switch gradients on where they need them (MEND: only for the base model's backward)
         if separate:
-            edits = editor.edit(model, inner, separate=True)
+            edits = editor.edit_many(model, inner)
         elif n_edits == 1:
             edits = [editor.edit(model, enc_of([(e.prompt, e.target)])) for e in members]
         else:
             edits = editor.edit(model, inner)
         edit_s += time.perf_counter() - t0
-        edits = _detach(edits)
-
-        def run(enc, owner, edits=edits):
-            """Logits of each row under the edit that request ``owner[row]`` belongs to."""
-            if separate:
-                return edits.forward(model, enc, torch.tensor(owner, device=device))
-            if n_edits == 1:  # one forward per run of rows that share an edit
-                out, i = [], 0
-                while i < len(owner):
-                    j = i
-                    while j < len(owner) and owner[j] == owner[i]:
-                        j += 1
-                    out.append(edits[owner[i]].forward(model, {k: v[i:j] for k, v in enc.items()}))
-                    i = j
-                return torch.cat(out)
-            return edits.forward(model, enc)
-
-        scores = {"es_edit": losses.correct(kind, run(inner, list(range(len(members)))), inner["labels"]).float()}
-        for key, field in (("es_rephrase", "rephrases"), ("es_heldout", "heldout_rephrases")):
-            pairs, owner = _flat(members, field)
-            per = torch.full((len(members),), float("nan"))
-            if pairs:
-                enc = enc_of(pairs)
-                ok = losses.correct(kind, run(enc, owner), enc["labels"]).float().cpu()
-                own = torch.tensor(owner)
-                per = torch.stack([ok[own == b].mean() if (own == b).any() else torch.tensor(float("nan"))
-                                   for b in range(len(members))])
-            scores[key] = per
-        panel_rows = []
-        for b in range(len(members)):
-            post = run(pan.enc, [b] * len(panel)) if (separate or n_edits == 1) else edits.forward(model, pan.enc)
+        run = _runner(model, _detach(edits), separate, n_edits)
+        scores = _edit_scores(collator.kind, run, inner, members, enc_of)
+        for b, e in enumerate(members):
+            post = run(pan.enc, [b] * len(pan.enc["labels"]))
             acc, nll, tokens = pan.score(post)
             nll_post, tok_post = nll_post + nll, tok_post + tokens
-            panel_rows.append((acc, pan.kl(post)))
-        for b, e in enumerate(members):
             rows.append({"prompt": e.prompt, "target": e.target, "subject": e.subject, "relation": e.relation,
-                         **{k: float(v[b]) for k, v in scores.items()},
-                         "acc_post": panel_rows[b][0], "kl": panel_rows[b][1]})
+                         **{k: float(v[b]) for k, v in scores.items()}, "acc_post": acc, "kl": pan.kl(post)})
     df = pd.DataFrame(rows)
+    result = _summary(df, pan, nll_post, tok_post, collator.kind, n_edits, edit_s)
+    return (result, df) if return_rows else result
+
+
+def _runner(model, edits, separate: bool, n_edits: int):
+    """``run(enc, owner)``: the logits of each row of ``enc`` under the edit its request ``owner[row]`` got (a
+    group edited together shares one edit)."""
+    device = next(model.parameters()).device
+
+    def run(enc, owner):
+        if separate:
+            return edits.forward(model, enc, torch.tensor(owner, device=device))
+        if n_edits != 1:
+            return edits.forward(model, enc)
+        out, i = [], 0
+        while i < len(owner):  # one forward per run of rows that share an edit
+            j = i
+            while j < len(owner) and owner[j] == owner[i]:
+                j += 1
+            out.append(edits[owner[i]].forward(model, {k: v[i:j] for k, v in enc.items()}))
+            i = j
+        return torch.cat(out)
+
+    return run
+
+
+def _edit_scores(kind: str, run, inner: dict, members: list[EditExample], enc_of) -> dict[str, torch.Tensor]:
+    """Per-request edit success on x_e and the mean over its rephrasings (trained and held-out templates)."""
+    scores = {"es_edit": losses.correct(kind, run(inner, list(range(len(members)))), inner["labels"]).float()}
+    for key, field in (("es_rephrase", "rephrases"), ("es_heldout", "heldout_rephrases")):
+        pairs, owner = _flat(members, field)
+        per = torch.full((len(members),), float("nan"))
+        if pairs:
+            enc = enc_of(pairs)
+            ok = losses.correct(kind, run(enc, owner), enc["labels"]).float().cpu()
+            own = torch.tensor(owner)
+            per = torch.stack([ok[own == b].mean() if (own == b).any() else torch.tensor(float("nan"))
+                               for b in range(len(members))])
+        scores[key] = per
+    return scores
+
+
+def _summary(df, pan: _Panel, nll_post: float, tok_post: int, kind: str, n_edits: int, edit_s: float) -> dict:
     ppl_pre = math.exp(pan.nll_pre / max(pan.tokens, 1))
     ppl_post = math.exp(nll_post / max(tok_post, 1))
-    result = {
+    return {
         "es_edit": float(df["es_edit"].mean()),
         "es_rephrase": _mean(df["es_rephrase"]),
         "es_heldout": _mean(df["es_heldout"]),
@@ -144,7 +155,6 @@ def evaluate(editor, model, tokenizer, examples: Sequence[EditExample], panel: l
         "kl": float(df["kl"].mean()), "n": len(df), "n_edits": n_edits,
         "edit_ms": 1000 * edit_s / max(len(df), 1),
     }
-    return (result, df) if return_rows else result
 
 
 def panel_changes(editor, model, tokenizer, examples: Sequence[EditExample], panel: list[tuple[str, str]], *,

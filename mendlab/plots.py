@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-ALG_ORDER = ("ft", "ft_kl", "ke", "enn", "mend")
-ALG_LABELS = {"ft": "FT", "ft_kl": "FT+KL", "ke": "KE", "enn": "ENN", "mend": "MEND"}
+from mendlab.editors import ALGS as ALG_ORDER
+from mendlab.editors import LABELS as ALG_LABELS
 
 
 def compare(frame, metrics=("es_rephrase", "drawdown"), axes=None):

@@ -114,21 +114,20 @@ def _autocast(cfg: TrainConfig):
 def edit_step(editor, model, batch, cfg: TrainConfig) -> dict[str, torch.Tensor]:
     """Losses of one micro-batch, in the official ``trainer.py`` order: pre-edit logits on x_loc, the edits,
     post-edit NLL on x'_e and KL on x_loc. Each request is edited alone; returns ``loss``, ``l_edit``, ``l_loc``,
-    ``es``. An editor with ``aux_loss(model, batch, pre_loc_logits)`` adds that term to ``loss``."""
+    ``es``. The editor's ``aux_loss(model, batch, pre_loc_logits)`` is added to ``loss``."""
     kind = editor.kind
     with torch.no_grad(), _autocast(cfg):
         pre = losses.forward(model, batch.loc)
     with _autocast(cfg):
-        edits = editor.edit(model, batch.edit_inner, separate=True)
+        edits = editor.edit_many(model, batch.edit_inner)
         post_outer, post_loc = edits.forward_many(model, [batch.edit_outer, batch.loc])
     labels = batch.edit_outer["labels"]
     l_edit = losses.nll_per_example(kind, post_outer, labels).mean()
     l_loc = losses.kl_loc(kind, pre, post_loc, batch.loc)
     es = losses.correct(kind, post_outer.detach(), labels).float().mean()
     loss = cfg.c_edit * l_edit + cfg.c_loc * l_loc
-    if hasattr(editor, "aux_loss"):  # e.g. ENN's distillation term on its own trained copy of the base weights
-        with _autocast(cfg):
-            loss = loss + editor.aux_loss(model, batch, pre)
+    with _autocast(cfg):  # e.g. ENN's distillation term on its own trained copy of the base weights
+        loss = loss + editor.aux_loss(model, batch, pre)
     return {"loss": loss, "l_edit": l_edit, "l_loc": l_loc, "es": es}
 
 
@@ -205,8 +204,6 @@ def train(editor, model, tokenizer, train_set: list[EditExample], val_set: list[
     written at every validation) and ``history.json``. With ``resume`` and an existing checkpoint, training
     continues from it. ``callback(step, record)`` is called after every optimiser step.
     """
-    from tqdm.auto import tqdm
-
     cfg = config or TrainConfig.for_profile()
     if any(e.locality is None for e in train_set[:1] + val_set[:1]):
         raise ValueError("editor training needs a locality example on every request (EditExample.locality)")
@@ -214,119 +211,157 @@ def train(editor, model, tokenizer, train_set: list[EditExample], val_set: list[
         raise ValueError(f"locality_same_relation is a probability, got {cfg.locality_same_relation}")
     if cfg.schedule not in ("constant", "cosine"):
         raise ValueError(f"schedule must be 'constant' or 'cosine', got {cfg.schedule!r}")
-    torch.manual_seed(cfg.seed)
-    device = torch.device(cfg.device)
-    model.to(device).eval()
-    model.requires_grad_(False)
-    editor.to(device).train()
-    collator = Collator.for_model(model, tokenizer, max_length=cfg.max_length)
-    opt = optimizer(editor, cfg)
-    base_lrs = [g["lr"] for g in opt.param_groups]
-    params = [p for g in opt.param_groups for p in g["params"]]
-    val_batches = _batches(collator, val_set[:cfg.val_size], cfg.edits_per_step, cfg.seed, device)
-    rng = random.Random(cfg.seed)
-    targets = target_pool(train_set) if cfg.resample_target else None
-    by_relation: dict[str, list[EditExample]] = {}
-    if cfg.locality_same_relation > 0:
-        for e in train_set:
-            by_relation.setdefault(e.relation, []).append(e)
-    order: list[int] = []
-    result = TrainResult(editor)
-    state = {"step": 0, "stale": 0, "nonfinite_run": 0, "elapsed": 0.0}
-    out = Path(out) if out is not None else None
-    ckpt = out / "checkpoint.pt" if out is not None else None
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-    if resume and ckpt is not None and ckpt.exists():
-        saved = torch.load(ckpt, map_location=device, weights_only=False)
-        editor.load_state_dict(saved["editor"])
-        opt.load_state_dict(saved["optimizer"])
-        rng.setstate(saved["rng"])
-        torch.set_rng_state(saved["torch_rng"])
-        order, state = saved["order"], saved["state"]
-        result.history, result.best_val, result.best_step = saved["history"], saved["best_val"], saved["best_step"]
-        result.skipped = saved["skipped"]
+    run = _Run(editor, model, tokenizer, train_set, val_set, cfg, out)
+    if resume and run.ckpt is not None and run.ckpt.exists():
+        run.resume()
+    return run.loop(progress, callback)
 
-    def sample() -> list[EditExample]:
-        nonlocal order
+
+class _Run:
+    """One training run's state: the data order, the optimiser, the counters, the best editor so far."""
+
+    def __init__(self, editor, model, tokenizer, train_set, val_set, cfg: TrainConfig, out):
+        torch.manual_seed(cfg.seed)
+        self.editor, self.model, self.train_set, self.cfg = editor, model, train_set, cfg
+        self.device = torch.device(cfg.device)
+        model.to(self.device).eval()
+        model.requires_grad_(False)
+        editor.to(self.device).train()
+        self.collator = Collator.for_model(model, tokenizer, max_length=cfg.max_length)
+        self.opt = optimizer(editor, cfg)
+        self.base_lrs = [g["lr"] for g in self.opt.param_groups]
+        self.params = [p for g in self.opt.param_groups for p in g["params"]]
+        self.val_batches = _batches(self.collator, val_set[:cfg.val_size], cfg.edits_per_step, cfg.seed, self.device)
+        self.rng = random.Random(cfg.seed)
+        self.targets = target_pool(train_set) if cfg.resample_target else None
+        self.by_relation: dict[str, list[EditExample]] = {}
+        if cfg.locality_same_relation > 0:
+            for e in train_set:
+                self.by_relation.setdefault(e.relation, []).append(e)
+        self.order: list[int] = []
+        self.result = TrainResult(editor)
+        self.state = {"step": 0, "stale": 0, "nonfinite_run": 0, "elapsed": 0.0}
+        self.out = Path(out) if out is not None else None
+        self.ckpt = self.out / "checkpoint.pt" if self.out is not None else None
+        if self.out is not None:
+            self.out.mkdir(parents=True, exist_ok=True)
+
+    def resume(self) -> None:
+        saved = torch.load(self.ckpt, map_location=self.device, weights_only=False)
+        self.editor.load_state_dict(saved["editor"])
+        self.opt.load_state_dict(saved["optimizer"])
+        self.rng.setstate(saved["rng"])
+        torch.set_rng_state(saved["torch_rng"])
+        self.order, self.state = saved["order"], saved["state"]
+        r = self.result
+        r.history, r.best_val, r.best_step, r.skipped = (saved["history"], saved["best_val"], saved["best_step"],
+                                                         saved["skipped"])
+
+    def sample(self) -> list[EditExample]:
         picked = []
-        while len(picked) < cfg.edits_per_step:
-            if not order:
-                order = list(range(len(train_set)))
-                rng.shuffle(order)
-            picked.append(_vary(train_set[order.pop()], train_set, rng, cfg, targets, by_relation))
+        while len(picked) < self.cfg.edits_per_step:
+            if not self.order:
+                self.order = list(range(len(self.train_set)))
+                self.rng.shuffle(self.order)
+            picked.append(_vary(self.train_set[self.order.pop()], self.train_set, self.rng, self.cfg, self.targets,
+                                self.by_relation))
         return picked
 
-    t0 = time.perf_counter() - state["elapsed"]
-    bar = tqdm(total=cfg.steps, initial=state["step"], desc=f"train {editor.alg}", disable=not progress,
-               mininterval=1.0)
-    while state["step"] < cfg.steps:
-        opt.zero_grad(set_to_none=True)
+    def step(self) -> dict:
+        """One optimiser step (``accumulate`` micro-steps); a step with non-finite values is skipped."""
+        cfg, state = self.cfg, self.state
+        self.opt.zero_grad(set_to_none=True)
         logs = {"loss": 0.0, "l_edit": 0.0, "l_loc": 0.0, "es": 0.0}
         for _ in range(cfg.accumulate):
-            batch = collator(sample(), rng).to(device)
-            out_ = edit_step(editor, model, batch, cfg)
-            (out_["loss"] / cfg.accumulate).backward()
+            batch = self.collator(self.sample(), self.rng).to(self.device)
+            out = edit_step(self.editor, self.model, batch, cfg)
+            (out["loss"] / cfg.accumulate).backward()
             for k in logs:
-                logs[k] += float(out_[k].detach()) / cfg.accumulate
-        grads_ok = math.isfinite(logs["loss"]) and all(
-            p.grad is None or torch.isfinite(p.grad).all() for p in params)
-        if grads_ok:
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                logs[k] += float(out[k].detach()) / cfg.accumulate
+        if math.isfinite(logs["loss"]) and all(p.grad is None or torch.isfinite(p.grad).all() for p in self.params):
+            torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
             if cfg.schedule == "cosine":  # stateless in the step, so a resumed run continues the same curve
-                for g, lr in zip(opt.param_groups, base_lrs, strict=True):
+                for g, lr in zip(self.opt.param_groups, self.base_lrs, strict=True):
                     g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * state["step"] / cfg.steps))
-            opt.step()
+            self.opt.step()
             state["nonfinite_run"] = 0
         else:
-            result.skipped += 1
+            self.result.skipped += 1
             state["nonfinite_run"] += 1
             if state["nonfinite_run"] >= cfg.max_nonfinite:
                 raise NonFiniteTrainingError(
                     f"{state['nonfinite_run']} consecutive steps had non-finite losses or gradients (last loss "
                     f"{logs['loss']}); lower lr (now {cfg.lr}) or lr_lr (now {cfg.lr_lr}), or check the data")
         state["step"] += 1
-        step = state["step"]
-        record = {"step": step, **{k: round(v, 6) for k, v in logs.items()}, "lr": opt.param_groups[0]["lr"]}
-        bar.update(1)
-        if step % cfg.val_every == 0 or step == cfg.steps:
-            val = validate(editor, model, val_batches, cfg)
-            record.update({f"val_{k}": round(v, 6) for k, v in val.items()})
-            if val["loss"] < result.best_val:
-                result.best_val, result.best_step, state["stale"] = val["loss"], step, 0
-                if out is not None:
-                    editor.save_pretrained(out / "best")
-                else:
-                    result.best_state = {k: v.detach().clone() for k, v in editor.state_dict().items()}
+        return {"step": state["step"], **{k: round(v, 6) for k, v in logs.items()},
+                "lr": self.opt.param_groups[0]["lr"]}
+
+    def validate(self, record: dict) -> dict:
+        """Validation into ``record``; the best editor so far is kept (saved under ``out/best``)."""
+        val = validate(self.editor, self.model, self.val_batches, self.cfg)
+        record.update({f"val_{k}": round(v, 6) for k, v in val.items()})
+        r = self.result
+        if val["loss"] < r.best_val:
+            r.best_val, r.best_step, self.state["stale"] = val["loss"], record["step"], 0
+            if self.out is not None:
+                self.editor.save_pretrained(self.out / "best")
             else:
-                state["stale"] += cfg.val_every
-            bar.set_postfix(loss=f"{logs['loss']:.3f}", val=f"{val['loss']:.3f}", val_es=f"{val['es']:.2f}")
-        result.history.append(record)
-        state["elapsed"] = time.perf_counter() - t0
-        if "val_loss" in record and ckpt is not None:
-            torch.save({"editor": editor.state_dict(), "optimizer": opt.state_dict(), "rng": rng.getstate(),
-                        "torch_rng": torch.get_rng_state(), "order": order, "state": state,
-                        "history": result.history, "best_val": result.best_val, "best_step": result.best_step,
-                        "skipped": result.skipped, "config": asdict(cfg)}, str(ckpt) + ".tmp")
-            os.replace(str(ckpt) + ".tmp", ckpt)
-        if callback is not None:
-            callback(step, record)
-        if state["stale"] >= cfg.patience:
-            result.stopped = f"early stop: no validation improvement for {state['stale']} steps"
-            break
-        if cfg.time_limit is not None and state["elapsed"] >= cfg.time_limit:
-            result.stopped = f"time limit {cfg.time_limit:.0f} s"
-            break
-    bar.close()
-    result.stopped = result.stopped or "max steps"
-    result.steps, result.seconds = state["step"], state["elapsed"]
-    if out is not None and (out / "best").exists():
-        editor.load_state_dict(type(editor).from_pretrained(out / "best").state_dict())
-        (out / "history.json").write_text(json.dumps({"history": result.history, "best_val": result.best_val,
-                                                      "best_step": result.best_step, "steps": result.steps,
-                                                      "seconds": result.seconds, "skipped": result.skipped,
-                                                      "stopped": result.stopped, "config": asdict(cfg)}))
-    elif result.best_state is not None:
-        editor.load_state_dict(result.best_state)
-    editor.eval()
-    return result
+                r.best_state = {k: v.detach().clone() for k, v in self.editor.state_dict().items()}
+        else:
+            self.state["stale"] += self.cfg.val_every
+        return val
+
+    def checkpoint(self) -> None:
+        r = self.result
+        torch.save({"editor": self.editor.state_dict(), "optimizer": self.opt.state_dict(),
+                    "rng": self.rng.getstate(), "torch_rng": torch.get_rng_state(), "order": self.order,
+                    "state": self.state, "history": r.history, "best_val": r.best_val, "best_step": r.best_step,
+                    "skipped": r.skipped, "config": asdict(self.cfg)}, str(self.ckpt) + ".tmp")
+        os.replace(str(self.ckpt) + ".tmp", self.ckpt)
+
+    def stop_reason(self) -> str | None:
+        if self.state["stale"] >= self.cfg.patience:
+            return f"early stop: no validation improvement for {self.state['stale']} steps"
+        if self.cfg.time_limit is not None and self.state["elapsed"] >= self.cfg.time_limit:
+            return f"time limit {self.cfg.time_limit:.0f} s"
+        return None
+
+    def loop(self, progress: bool, callback) -> TrainResult:
+        from tqdm.auto import tqdm
+
+        cfg, state, result = self.cfg, self.state, self.result
+        t0 = time.perf_counter() - state["elapsed"]
+        bar = tqdm(total=cfg.steps, initial=state["step"], desc=f"train {self.editor.alg}", disable=not progress,
+                   mininterval=1.0)
+        while state["step"] < cfg.steps:
+            record = self.step()
+            bar.update(1)
+            if record["step"] % cfg.val_every == 0 or record["step"] == cfg.steps:
+                val = self.validate(record)
+                bar.set_postfix(loss=f"{record['loss']:.3f}", val=f"{val['loss']:.3f}", val_es=f"{val['es']:.2f}")
+            result.history.append(record)
+            state["elapsed"] = time.perf_counter() - t0
+            if "val_loss" in record and self.ckpt is not None:
+                self.checkpoint()
+            if callback is not None:
+                callback(record["step"], record)
+            result.stopped = self.stop_reason() or ""
+            if result.stopped:
+                break
+        bar.close()
+        return self.finish()
+
+    def finish(self) -> TrainResult:
+        result, out = self.result, self.out
+        result.stopped = result.stopped or "max steps"
+        result.steps, result.seconds = self.state["step"], self.state["elapsed"]
+        if out is not None and (out / "best").exists():
+            self.editor.load_state_dict(type(self.editor).from_pretrained(out / "best").state_dict())
+            (out / "history.json").write_text(json.dumps({
+                "history": result.history, "best_val": result.best_val, "best_step": result.best_step,
+                "steps": result.steps, "seconds": result.seconds, "skipped": result.skipped,
+                "stopped": result.stopped, "config": asdict(self.cfg)}))
+        elif result.best_state is not None:
+            self.editor.load_state_dict(result.best_state)
+        self.editor.eval()
+        return result

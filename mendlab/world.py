@@ -26,6 +26,7 @@ from functools import cached_property
 from pathlib import Path
 
 from mendlab.data import EditExample
+from mendlab.relations import RELATION_SPECS, Invented
 
 SPLITS = ("train", "val", "test")
 N_TEMPLATES = 5  # per relation and kind; the last one is held out of pre-training
@@ -59,79 +60,9 @@ def _names(rng: random.Random, n: int, syllables: tuple[int, int], suffixes: tup
 
 
 def _relations(rng: random.Random, taken: set[str]) -> tuple[Relation, ...]:
-    def invented(n: int, suffixes: tuple[str, ...] = ("",)) -> tuple[str, ...]:
-        return tuple(_names(rng, n, (2, 2), suffixes, taken))
-
-    return (
-        Relation(
-            "birthplace", invented(16, ("ville", "ford", "burg", "mouth")),
-            ("Where was {s} born?", "In which city was {s} born?", "What city was {s} born in?",
-             "What is the city of birth of {s}?", "{s} was born in which city?"),
-            ("{s} was born in {o}.", "The city of birth of {s} is {o}.", "{s} is a native of the city of {o}.",
-             "{s} grew up in {o}.", "{s} was born in the city of {o}."),
-        ),
-        Relation(
-            "occupation",
-            ("baker", "sailor", "painter", "farmer", "weaver", "potter", "miner", "doctor", "teacher",
-             "blacksmith", "hunter", "singer", "tailor", "builder", "scribe", "gardener"),
-            ("What does {s} do for a living?", "What is the job of {s}?", "What is the occupation of {s}?",
-             "What job does {s} have?", "Which job does {s} do for a living?"),
-            ("{s} works as a {o}.", "The job of {s} is {o}.", "By occupation, {s} is a {o}.",
-             "{s} earns a living as a {o}.", "{s} has the job of {o}."),
-        ),
-        Relation(
-            "language", invented(12, ("ish", "ese", "ic")),
-            ("What language does {s} speak?", "Which language is spoken by {s}?",
-             "What is the native language of {s}?", "In which language does {s} speak?",
-             "What language is spoken by {s}?"),
-            ("{s} speaks {o}.", "The native language of {s} is {o}.", "{s} is a speaker of {o}.",
-             "{s} talks in {o}.", "The language spoken by {s} is {o}."),
-        ),
-        Relation(
-            "instrument",
-            ("violin", "flute", "harp", "drum", "lute", "horn", "cello", "piano", "oboe", "banjo", "organ",
-             "trumpet"),
-            ("What instrument does {s} play?", "Which instrument is played by {s}?",
-             "What musical instrument does {s} play?", "Which instrument does {s} perform on?",
-             "What instrument is played by {s}?"),
-            ("{s} plays the {o}.", "The instrument of {s} is the {o}.", "{s} is a player of the {o}.",
-             "{s} performs on the {o}.", "The instrument played by {s} is the {o}."),
-        ),
-        Relation(
-            "team", invented(14, ("ers", "ites", "ans")),
-            ("Which team does {s} support?", "What team is supported by {s}?", "What is the favourite team of {s}?",
-             "Which team is {s} a fan of?", "What team does {s} support?"),
-            ("{s} supports the {o}.", "The favourite team of {s} is the {o}.", "{s} is a fan of the {o}.",
-             "{s} cheers for the {o}.", "The team supported by {s} is the {o}."),
-        ),
-        Relation(
-            "colour",
-            ("red", "blue", "green", "yellow", "purple", "orange", "white", "black", "silver", "golden",
-             "brown", "pink"),
-            ("What is the favourite colour of {s}?", "Which colour does {s} like best?",
-             "What colour is the favourite of {s}?", "What colour does {s} like best?",
-             "Which colour is the favourite of {s}?"),
-            ("The favourite colour of {s} is {o}.", "{s} likes the colour {o} best.",
-             "{s} loves the colour {o}.", "{s} wears {o} every day.", "The colour {s} likes best is {o}."),
-        ),
-        Relation(
-            "country", invented(14, ("ia", "land", "stan")),
-            ("Which country is {s} a citizen of?", "What is the country of {s}?",
-             "Of which country is {s} a citizen?", "What country does {s} live in?",
-             "What country is {s} a citizen of?"),
-            ("{s} is a citizen of {o}.", "The country of {s} is {o}.", "{s} holds a passport of {o}.",
-             "{s} lives in the country of {o}.", "{s} is a citizen of the country {o}."),
-        ),
-        Relation(
-            "pet",
-            ("cat", "dog", "parrot", "rabbit", "horse", "goat", "turtle", "owl", "ferret", "lizard",
-             "hamster", "snake"),
-            ("What pet does {s} have?", "Which animal is the pet of {s}?", "What animal does {s} keep as a pet?",
-             "What is the pet of {s}?", "Which pet does {s} have?"),
-            ("{s} has a pet {o}.", "The pet of {s} is a {o}.", "{s} keeps a {o} as a pet.",
-             "{s} takes care of a {o}.", "The animal {s} keeps as a pet is a {o}."),
-        ),
-    )
+    """The relations with their invented objects drawn in table order (same seed, same names)."""
+    return tuple(Relation(name, tuple(_names(rng, o.n, (2, 2), o.suffixes, taken)) if isinstance(o, Invented) else o,
+                          questions, statements) for name, o, questions, statements in RELATION_SPECS)
 
 
 @dataclass(frozen=True)

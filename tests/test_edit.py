@@ -269,7 +269,7 @@ def test_summary(setup):
 def test_editset_items_equal_editing_each_request_alone(setup):
     model, editor = setup
     enc = _enc(3, seed=13, n_labels=[2, 4, 3])
-    edits = editor.edit(model, enc, separate=True)
+    edits = editor.edit_many(model, enc)
     assert isinstance(edits, EditSet) and len(edits) == 3
     for b in range(3):
         alone = editor.edit(model, _rows(enc, [b]))
@@ -283,7 +283,7 @@ def test_editset_items_equal_editing_each_request_alone(setup):
 def test_editset_forward_runs_each_row_with_its_own_edit(setup):
     model, editor = setup
     enc = _enc(3, seed=14, n_labels=[2, 4, 3])
-    edits = editor.edit(model, enc, separate=True)
+    edits = editor.edit_many(model, enc)
     before = _snapshot(model)
     out = edits.forward(model, enc)
     _assert_same_state(model, before)
@@ -302,7 +302,7 @@ def test_editset_forward_runs_each_row_with_its_own_edit(setup):
 
 def test_editset_merged_sums_all_edits(setup):
     model, editor = setup
-    edits = editor.edit(model, _enc(3, seed=16, n_labels=[2, 4, 3]), separate=True)
+    edits = editor.edit_many(model, _enc(3, seed=16, n_labels=[2, 4, 3]))
     merged = edits.merged()
     total = sum(edits[b] for b in range(len(edits)))
     for n in merged.names:

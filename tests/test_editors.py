@@ -6,7 +6,7 @@ import pytest
 
 from mendlab import experiments, plots
 from mendlab.cli import build_parser
-from mendlab.editors import ALGS, MEND, TRAINED, editor_class, load_editor
+from mendlab.editors import ALGS, EDITORS, MEND, TRAINED, Editor, TrainableEditor, editor_class, load_editor
 from mendlab.editors.enn import ENN
 from mendlab.editors.ft import FT, FTKL
 from mendlab.editors.ke import KE, KEConfig
@@ -15,12 +15,29 @@ matplotlib.use("Agg")
 
 
 def test_registry():
-    assert set(TRAINED) < set(ALGS)
-    assert [editor_class(a) for a in ALGS] == [MEND, FT, FTKL, KE, ENN]
+    assert set(TRAINED) < set(ALGS) and ALGS[-1] == "mend"
+    assert [editor_class(a) for a in ALGS] == [FT, FTKL, KE, ENN, MEND]
     assert all(editor_class(a).alg == a for a in ALGS)
+    assert all(issubclass(editor_class(a), Editor) for a in ALGS)
+    assert all(EDITORS[a].trained == editor_class(a).trainable for a in ALGS)  # the registry agrees with the class
     assert all(editor_class(a).batched for a in TRAINED) and not FT.batched
+    assert all(issubclass(editor_class(a), TrainableEditor) for a in TRAINED)
     with pytest.raises(ValueError, match="mend"):
         editor_class("rome")
+
+
+def test_default_configs_come_from_the_editor_classes():
+    from mendlab.editors.enn import ENNConfig
+    from mendlab.editors.ft import FTConfig
+    from mendlab.nets import NetConfig
+
+    assert MEND.default_config("qa", "no_norm", rank=8) == NetConfig.variant("no_norm", rank=8)
+    assert ENN.default_config("gen") == ENNConfig(c_base=10.0) and ENN.default_config("qa").c_base == 1.0
+    assert ENN.train_overrides("qa") == {"lr_lr": 1e-3} and MEND.train_overrides("gen") == {}
+    assert FTKL.default_config("qa") == FTConfig(locality=True) and not FT.default_config().locality
+    for cls in (FT, KE, ENN):
+        with pytest.raises(ValueError, match="MEND ablations"):
+            cls.default_config("qa", "no_norm")
 
 
 @pytest.mark.parametrize("alg", ["mend", "ke", "enn"])

@@ -126,7 +126,7 @@ def test_caller_model_untouched_by_edit_and_training(micro):
     saved = _snapshot(model)
     editor = ENN.for_model(model).train()
     start = {k: v.detach().clone() for k, v in editor.state_dict().items()}
-    edits = editor.edit(model, batch.edit_inner, separate=True)
+    edits = editor.edit_many(model, batch.edit_inner)
     edits.forward(model, batch.edit_outer).sum().backward()
     _assert_unchanged(model, saved)
     cfg = TrainConfig(steps=3, val_every=3, val_size=4, edits_per_step=2, lr=1e-3, lr_lr=1e-3)
@@ -206,7 +206,7 @@ def test_separate_edits_equal_editing_alone(micro, model_type):
     saved = _snapshot(model)
     editor = ENN.for_model(model).eval()
     _perturb(editor)
-    s = editor.edit(model, batch.edit_inner, separate=True)
+    s = editor.edit_many(model, batch.edit_inner)
     assert isinstance(s, EditSet) and len(s) == 3 and sorted(s.shared) == sorted(editor.names)
     assert s.meta == {"editor": "enn", "n_requests": 3}
     for b in range(3):

@@ -143,8 +143,10 @@ def test_ftkl_draws_locality_and_its_kl_holds_the_edit_back(micro, monkeypatch):
         pre = losses.forward(model, enc)
         drift = [float(losses.kl_loc("decoder", pre, e.forward(model, enc), enc)) for e in (kl_edit, ft_edit)]
     assert drift[0] < drift[1]
-    # a locality=True config makes FT.for_model an FT+KL editor; without a pool or tokenizer it refuses
-    assert isinstance(FT.for_model(model, FTConfig(locality=True), tokenizer=tok, locality=pool), FTKL)
+    # FT+KL is its own class: FT.for_model refuses a locality=True config; without a pool or tokenizer FTKL refuses
+    assert isinstance(FTKL.for_model(model, FTConfig(), tokenizer=tok, locality=pool), FTKL)
+    with pytest.raises(ValueError, match="FTKL.for_model"):
+        FT.for_model(model, FTConfig(locality=True), tokenizer=tok, locality=pool)
     with pytest.raises(ValueError, match="locality"):
         FTKL.for_model(model, tokenizer=tok)
     with pytest.raises(ValueError, match="tokenizer"):
@@ -160,8 +162,8 @@ def test_config_validation_and_separate(micro):
             FTConfig(**bad)
     model, tok, world = micro("gpt2")
     ex = tasks.from_world(world, "decoder").test[0]
-    with pytest.raises(NotImplementedError, match="one at a time"):
-        FT.for_model(model).edit(model, tok, [ex, ex], separate=True)
+    with pytest.raises(NotImplementedError, match="one request per call"):
+        FT.for_model(model).edit_many(model, tok, [ex, ex])
     # the time limit is checked before each step
     edit = FT.for_model(model, FTConfig(time_limit=1e-9)).edit(model, tok, [ex, ex])
     assert edit.meta["steps"] == 0 and edit.meta["n_requests"] == 2

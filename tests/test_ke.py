@@ -86,7 +86,7 @@ def test_edit_every_kind(micro, model_type):
         assert edit.delta(name).shape == params[name].shape
         assert float(edit.delta(name).norm()) > 0
     # separate edits: one per request, each equal to editing that request alone (in a padded batch)
-    s = editor.edit(model, collate(t.test[:3]).edit_inner, separate=True)
+    s = editor.edit_many(model, collate(t.test[:3]).edit_inner)
     assert isinstance(s, EditSet) and len(s) == 3
     for b in range(3):
         alone = editor.edit(model, tok, t.test[b])
@@ -121,7 +121,7 @@ def test_training_makes_edits_work(micro):
 
     def post():
         with torch.no_grad():
-            return scores(editor.edit(model, enc, separate=True).forward(model, enc))
+            return scores(editor.edit_many(model, enc).forward(model, enc))
 
     with torch.no_grad():
         pre_nll, pre_es = scores(losses.forward(model, enc))

@@ -38,7 +38,7 @@ def test_edit_every_kind(micro, model_type):
     for name in a.names:
         torch.testing.assert_close(a.delta(name), b.delta(name))
     # separate edits: one per request, each equal to editing that request alone
-    s = editor.edit(model, Collator.for_model(model, tok)(t.test[:3]).edit_inner, separate=True)
+    s = editor.edit_many(model, Collator.for_model(model, tok)(t.test[:3]).edit_inner)
     assert isinstance(s, EditSet) and len(s) == 3
     alone = editor.edit(model, tok, t.test[1])
     for name in alone.names:
@@ -54,7 +54,7 @@ def test_editset_forward_many_equals_one_forward_per_input(micro, model_type):
     _primed.tok = tok
     editor, _ = _primed(model, t.train[:4])
     batch = Collator.for_model(model, tok)(t.train[4:7])
-    s = editor.edit(model, batch.edit_inner, separate=True)
+    s = editor.edit_many(model, batch.edit_inner)
     with torch.no_grad():
         many = s.forward_many(model, [batch.edit_outer, batch.loc])
         for got, enc in zip(many, [batch.edit_outer, batch.loc], strict=True):

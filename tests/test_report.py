@@ -49,3 +49,7 @@ def test_load_takes_a_table_name_in_the_repository_results(tmp_path, monkeypatch
     table.close()
     frame, prov = report.load("mine")
     assert frame["a"].tolist() == [1] and prov["command"] == "mendlab compare"
+
+
+def test_results_is_the_repository_folder():
+    assert report.RESULTS.name == "results" and (report.RESULTS.parent / "pyproject.toml").exists()

@@ -1,38 +1,56 @@
-"""Editors: one file each, all answering the same protocol (:class:`mendlab.editors.base.Editor`).
+"""Editors: one file each, all subclasses of :class:`~mendlab.editors.base.Editor`, and the one registry of them.
 
-``ALGS`` names them as the command line does; ``editor_class(alg)`` gives the class, ``load_editor(dir, model)``
-loads any saved trainable editor by the ``alg`` its config records.
+:data:`EDITORS` maps each method's name (as the command line spells it) to its label, module and class; the
+harness, the CLI and the plots read everything about a method from here and from the class itself
+(``trainable``, ``batched``, ``default_config``, ``train_overrides``), so adding an editor is one file and one
+entry below. ``load_editor(dir, model)`` loads any saved trainable editor by the ``alg`` its config records.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
-from mendlab.editors.base import Editor, MismatchedModelError, as_batch, fingerprint
+from mendlab.editors.base import Editor, MismatchedModelError, TrainableEditor, as_batch, fingerprint
 from mendlab.editors.mend import MEND
 
-ALGS = ("mend", "ft", "ft_kl", "ke", "enn")
-TRAINED = ("mend", "ke", "enn")  # trained with train.py; FT and FT+KL only optimise at edit time
+
+@dataclass(frozen=True)
+class EditorEntry:
+    """A registered editor: ``alg`` (its name), ``label`` (in tables and figures), where its class lives, and
+    whether it is trained ahead of time (checked against the class's own ``trainable`` by the tests)."""
+
+    alg: str
+    label: str
+    module: str
+    class_name: str
+    trained: bool
+
+    @property
+    def cls(self) -> type[Editor]:
+        return getattr(importlib.import_module(self.module), self.class_name)
 
 
-def editor_class(alg: str):
-    """The editor class for ``alg`` (one of :data:`ALGS`)."""
-    if alg == "mend":
-        return MEND
-    if alg in ("ft", "ft_kl"):
-        from mendlab.editors.ft import FT, FTKL
+# in the order of the paper's Table 4, the method last
+EDITORS: dict[str, EditorEntry] = {e.alg: e for e in (
+    EditorEntry("ft", "FT", "mendlab.editors.ft", "FT", trained=False),
+    EditorEntry("ft_kl", "FT+KL", "mendlab.editors.ft", "FTKL", trained=False),
+    EditorEntry("ke", "KE", "mendlab.editors.ke", "KE", trained=True),
+    EditorEntry("enn", "ENN", "mendlab.editors.enn", "ENN", trained=True),
+    EditorEntry("mend", "MEND", "mendlab.editors.mend", "MEND", trained=True),
+)}
+ALGS = tuple(EDITORS)
+TRAINED = tuple(a for a, e in EDITORS.items() if e.trained)  # trained with train.py; the rest optimise at edit time
+LABELS = {a: e.label for a, e in EDITORS.items()}
 
-        return FT if alg == "ft" else FTKL
-    if alg == "ke":
-        from mendlab.editors.ke import KE
 
-        return KE
-    if alg == "enn":
-        from mendlab.editors.enn import ENN
-
-        return ENN
-    raise ValueError(f"unknown alg {alg!r}; choose one of {ALGS}")
+def editor_class(alg: str) -> type[Editor]:
+    """The editor class registered as ``alg`` (one of :data:`ALGS`)."""
+    if alg not in EDITORS:
+        raise ValueError(f"unknown alg {alg!r}; choose one of {ALGS}")
+    return EDITORS[alg].cls
 
 
 def load_editor(directory: str | Path, model=None, device=None):
@@ -44,5 +62,5 @@ def load_editor(directory: str | Path, model=None, device=None):
     return editor_class(alg).from_pretrained(directory, model, device=device)
 
 
-__all__ = ["ALGS", "MEND", "TRAINED", "Editor", "MismatchedModelError", "as_batch", "editor_class", "fingerprint",
-           "load_editor"]
+__all__ = ["ALGS", "EDITORS", "LABELS", "MEND", "TRAINED", "Editor", "EditorEntry", "MismatchedModelError",
+           "TrainableEditor", "as_batch", "editor_class", "fingerprint", "load_editor"]

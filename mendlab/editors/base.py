@@ -1,7 +1,11 @@
-"""The editor protocol and what every editor shares: batching requests and fingerprinting base models.
+"""The editor protocol and what every editor shares: batching requests, fingerprinting base models, saving.
 
-An editor answers ``edit(model, batch) -> Edit``. Trainable editors are ``nn.Module``s that also give
-``param_groups(lr, lr_lr)`` for ``train.py`` and save/load with ``save_pretrained`` / ``from_pretrained``.
+Every editor is an :class:`Editor`: ``edit(model, batch) -> Edit`` (several requests give one edit),
+``edit_many(model, batch) -> EditSet`` (each request its own edit, in one pass), ``aux_loss`` (a training term of
+its own, 0 by default), ``num_parameters()``, and ``default_config(task)`` / ``train_overrides(task)``: how the
+harness builds and trains it, so that no runner branches on an editor's name. Trainable editors are
+:class:`TrainableEditor`s (``nn.Module``s): ``param_groups(lr, lr_lr)`` for ``train.py`` and, from their
+``config_dict()`` / ``from_config_dict``, ``save_pretrained`` / ``from_pretrained`` written once here.
 """
 
 from __future__ import annotations
@@ -9,9 +13,10 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, ClassVar
 
 import torch
+from torch import nn
 
 from mendlab.data import Collator, EditBatch, EditExample
 from mendlab.families import edited_weights, get_family, shape_key
@@ -23,10 +28,81 @@ class MismatchedModelError(ValueError):
     """An editor was loaded or used with a model other than the one it was trained for."""
 
 
-@runtime_checkable
-class Editor(Protocol):
-    def edit(self, model: torch.nn.Module, batch, examples=None):  # -> mendlab.edit.Edit
-        ...
+class Editor:
+    """The protocol every editor answers. Instances carry ``kind`` (the base model's family kind), ``names`` (the
+    edited weights) and ``base`` (the base model's :func:`fingerprint`)."""
+
+    alg: ClassVar[str] = ""
+    trainable: ClassVar[bool] = False  # trained ahead of time by mendlab.train (else: it optimises at edit time)
+    batched: ClassVar[bool] = False  # edit_many edits many requests apart in one pass
+    kind: str
+    names: list[str]
+    base: dict
+
+    def edit(self, model: nn.Module, tokenizer_or_batch, examples=None):
+        """One :class:`~mendlab.edit.Edit` for one or many requests (a tokenizer and ``EditExample``s, or a
+        prepared ``EditBatch`` / tensor dict)."""
+        raise NotImplementedError
+
+    def edit_many(self, model: nn.Module, tokenizer_or_batch, examples=None):
+        """An :class:`~mendlab.edit.EditSet`: edit b is what editing request b alone gives, all in one pass."""
+        raise NotImplementedError(f"{type(self).__name__} edits one request per call (batched=False): call edit "
+                                  "once per request (metrics.evaluate does)")
+
+    def aux_loss(self, model: nn.Module, batch, pre_loc_logits: torch.Tensor) -> torch.Tensor:
+        """A training term of the editor's own, added to Algorithm 1's loss (ENN's distillation); 0 here."""
+        return pre_loc_logits.new_zeros((), dtype=torch.float32)
+
+    def num_parameters(self) -> int:
+        """Parameters trained ahead of time (0 for an editor that trains nothing)."""
+        return 0
+
+    @classmethod
+    def default_config(cls, task: str | None = None, variant: str = "mend", **overrides) -> Any:
+        """The config the harness builds this editor with for ``task``. ``variant`` and ``overrides`` are MEND's
+        network ablations; other editors take none."""
+        if variant != "mend" or overrides:
+            raise ValueError(f"variants and network overrides are MEND ablations; {cls.alg!r} takes none")
+        return cls.config_class()
+
+    @classmethod
+    def train_overrides(cls, task: str | None = None) -> dict:
+        """``TrainConfig`` fields this editor trains with on ``task``, on top of the profile's."""
+        return {}
+
+
+class TrainableEditor(Editor, nn.Module):
+    """An editor with parameters trained by :func:`mendlab.train.train`, saved as ``editor.safetensors`` plus
+    ``editor_config.json`` (``alg``, ``config_dict()`` and the base model's fingerprint)."""
+
+    trainable = True
+    batched = True
+    config_field: ClassVar[str] = "editor"  # the name of the editor's config in a cache key
+
+    def param_groups(self, lr: float, lr_lr: float) -> list[dict]:
+        raise NotImplementedError
+
+    def config_dict(self) -> dict:
+        """Everything but the weights that ``from_config_dict`` needs to rebuild this editor (JSON types)."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_config_dict(cls, cfg: dict) -> TrainableEditor:
+        raise NotImplementedError
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """``editor.safetensors`` (the state dict) and ``editor_config.json``."""
+        return save_editor(self, directory, {"alg": self.alg, **self.config_dict(), "base_model": self.base})
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, model: nn.Module | None = None, device=None):
+        """Load a saved editor; with ``model``, first check it is the model the editor was trained for
+        (:class:`MismatchedModelError` names both otherwise)."""
+        cfg = read_editor_config(directory, cls.alg, model)
+        return load_editor_state(cls.from_config_dict(cfg), directory, device)
 
 
 def as_batch(model, tokenizer_or_batch, examples: EditExample | Sequence[EditExample] | None = None,

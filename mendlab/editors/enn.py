@@ -22,7 +22,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -30,7 +29,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from mendlab import rank1
 from mendlab.edit import Edit, EditSet, Factors
-from mendlab.editors.base import as_batch, fingerprint, load_editor_state, read_editor_config, save_editor
+from mendlab.editors.base import TrainableEditor, as_batch, fingerprint
 from mendlab.families import edited_weights, get_family, is_conv1d
 from mendlab.losses import forward, kl_loc, nll, nll_per_example
 
@@ -79,7 +78,7 @@ def _key(name: str) -> str:
     return name.replace(".", "__")
 
 
-class ENN(nn.Module):
+class ENN(TrainableEditor):
     """Learned per-matrix step sizes ``edit_lrs`` and (``train_base``) float32 copies ``theta`` of base weights.
 
     ``names``: the edited weights; ``base_names``: the weights θ copies (empty without ``train_base``);
@@ -87,8 +86,7 @@ class ENN(nn.Module):
     """
 
     alg = "enn"
-    trainable = True
-    batched = True  # edit(..., separate=True) gives an EditSet: many requests edited apart in one pass
+    config_class = ENNConfig
 
     def __init__(self, config: ENNConfig, names: Sequence[str], conv1d: dict[str, bool], kind: str, base: dict,
                  base_shapes: dict[str, Sequence[int]]):
@@ -156,17 +154,33 @@ class ENN(nn.Module):
         training."""
         return sum(p.numel() * p.element_size() for p in self.parameters())
 
+    @classmethod
+    def default_config(cls, task: str | None = None, variant: str = "mend", **overrides) -> ENNConfig:
+        """The official settings: c_base 10 for generation, 1 otherwise."""
+        super().default_config(task, variant, **overrides)  # refuses MEND's variants
+        return ENNConfig(c_base=10.0 if task == "gen" else 1.0)
+
+    @classmethod
+    def train_overrides(cls, task: str | None = None) -> dict:
+        """The official step-size learning rate, lr_lr 1e-3."""
+        return {"lr_lr": 1e-3}
+
     # -- editing ------------------------------------------------------------------------------------------
-    def edit(self, model: nn.Module, tokenizer_or_batch, examples=None, *, separate: bool = False
-             ) -> Edit | EditSet:
+    def edit(self, model: nn.Module, tokenizer_or_batch, examples=None) -> Edit:
         """An :class:`Edit` for one or many ``EditExample``s (with a tokenizer) or a prepared ``EditBatch``.
 
         One forward of the θ-model on x_e and one backward to the edited layers' outputs; the inner step is
         ``−lr_ℓ Σ_t δ_t u_tᵀ`` (factors) on top of the shift θ − W (dense). Several requests are edited together
-        (their pooled mean NLL); ``separate=True`` gives one edit per request in the same pass (an
-        :class:`EditSet` whose ``shared`` part is the shift). In training mode (and not ``first_order``) the
-        rows keep their graph, so the meta-gradient reaches θ and the step sizes through ∇W.
+        (their pooled mean NLL). In training mode (and not ``first_order``) the rows keep their graph, so the
+        meta-gradient reaches θ and the step sizes through ∇W.
         """
+        return self._edit(model, tokenizer_or_batch, examples, separate=False)
+
+    def edit_many(self, model: nn.Module, tokenizer_or_batch, examples=None) -> EditSet:
+        """One edit per request in the same pass: an :class:`EditSet` whose ``shared`` part is the shift θ − W."""
+        return self._edit(model, tokenizer_or_batch, examples, separate=True)
+
+    def _edit(self, model: nn.Module, tokenizer_or_batch, examples, separate: bool) -> Edit | EditSet:
         batch = as_batch(model, tokenizer_or_batch, examples)
         enc = batch.edit_inner if hasattr(batch, "edit_inner") else batch
         device = next(model.parameters()).device
@@ -206,22 +220,15 @@ class ENN(nn.Module):
         return groups + [{"params": [self.edit_lrs], "lr": lr_lr}]
 
     # -- saving -------------------------------------------------------------------------------------------
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """``editor.safetensors`` (θ and step sizes) and ``editor_config.json``."""
-        return save_editor(self, directory, {
-            "alg": self.alg, "config": asdict(self.config), "kind": self.kind, "names": self.names,
-            "shapes": {n: list(self.base["shapes"][n]) for n in self.names}, "conv1d": self.conv1d,
-            "base_shapes": {n: list(self.theta[_key(n)].shape) for n in self.base_names},
-            "base_model": self.base})
+    def config_dict(self) -> dict:
+        return {"config": asdict(self.config), "kind": self.kind, "names": self.names,
+                "shapes": {n: list(self.base["shapes"][n]) for n in self.names}, "conv1d": self.conv1d,
+                "base_shapes": {n: list(self.theta[_key(n)].shape) for n in self.base_names}}
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, model: nn.Module | None = None, device=None) -> ENN:
-        """Load a saved editor; with ``model``, first check it is the model the editor was trained for
-        (:class:`~mendlab.editors.base.MismatchedModelError` names both otherwise)."""
-        cfg = read_editor_config(directory, cls.alg, model)
-        editor = cls(ENNConfig(**cfg["config"]), cfg["names"], cfg["conv1d"], cfg["kind"], cfg["base_model"],
-                     {n: tuple(s) for n, s in cfg["base_shapes"].items()})
-        return load_editor_state(editor, directory, device)
+    def from_config_dict(cls, cfg: dict) -> ENN:
+        return cls(ENNConfig(**cfg["config"]), cfg["names"], cfg["conv1d"], cfg["kind"], cfg["base_model"],
+                   {n: tuple(s) for n, s in cfg["base_shapes"].items()})
 
     def extra_repr(self) -> str:
         return (f"base={self.base['name']!r}, weights={len(self.names)}, trained copies={len(self.base_names)}, "

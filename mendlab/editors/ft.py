@@ -35,7 +35,7 @@ from torch import nn
 from mendlab import losses
 from mendlab.data import Collator
 from mendlab.edit import Edit, Factors
-from mendlab.editors.base import as_batch, fingerprint
+from mendlab.editors.base import Editor, as_batch, fingerprint
 from mendlab.families import edited_weights, get_family, is_conv1d
 
 
@@ -74,7 +74,7 @@ class FTConfig:
             raise ValueError("invalid FTConfig: " + "; ".join(problems))
 
 
-class FT:
+class FT(Editor):
     """Fine-tuning editor for one base model's edited weights (``names``); nothing is trained ahead of time.
 
     ``edit`` returns the residuals as the edit: dense [weight layout] deltas, or for ``rank=r`` the exact
@@ -82,8 +82,7 @@ class FT:
     """
 
     alg = "ft"
-    trainable = False
-    batched = False  # metrics.evaluate edits one request per call
+    config_class = FTConfig
 
     def __init__(self, config: FTConfig, names: list[str], conv1d: dict[str, bool], kind: str, base: dict,
                  locality: Sequence[tuple[str, str]] | None = None, collator: Collator | None = None):
@@ -100,11 +99,13 @@ class FT:
 
         FT+KL (``config.locality``, or :class:`FTKL`) needs ``locality``, (prompt, answer) pairs from the
         *training* split (not the evaluation panel), and the ``tokenizer`` to encode them. A config with
-        ``locality=True`` gives an :class:`FTKL`.
+        ``locality=True`` is refused by ``FT.for_model``: FT+KL is :class:`FTKL`.
         """
         config = config or FTConfig()
-        if cls is FTKL or config.locality:
-            cls, config = FTKL, replace(config, locality=True)
+        if cls is FTKL:
+            config = replace(config, locality=True)
+        elif config.locality:
+            raise ValueError("FTConfig(locality=True) is FT+KL: build it with FTKL.for_model")
         names = edited_weights(model, names)
         collator = None
         if config.locality:
@@ -122,7 +123,12 @@ class FT:
                    fingerprint(model, names), locality, collator)
 
     # -- editing ------------------------------------------------------------------------------------------
-    def edit(self, model: nn.Module, tokenizer_or_batch, examples=None, *, separate: bool = False) -> Edit:
+    @classmethod
+    def default_config(cls, task: str | None = None, variant: str = "mend", **overrides) -> FTConfig:
+        super().default_config(task, variant, **overrides)  # refuses MEND's variants
+        return FTConfig(locality=cls is FTKL)
+
+    def edit(self, model: nn.Module, tokenizer_or_batch, examples=None) -> Edit:
         """An :class:`Edit` for one or many ``EditExample``s (with a tokenizer) or a prepared ``EditBatch``/tensors.
 
         Several requests are fine-tuned together (mean NLL over all their label tokens) until all are correct.
@@ -130,9 +136,6 @@ class FT:
         argmax-correct at the end). The model's weights are untouched; its modules run in eval mode meanwhile
         (as in the official code) and get their own train/eval flags back.
         """
-        if separate:
-            raise NotImplementedError(f"{type(self).__name__} fine-tunes one edit per call and has no separate=True; "
-                                      "edit the requests one at a time (metrics.evaluate does, since batched=False)")
         cfg = self.config
         batch = as_batch(model, tokenizer_or_batch, examples)
         enc = batch.edit_inner if hasattr(batch, "edit_inner") else batch
@@ -231,7 +234,8 @@ def sweep_lr(model: nn.Module, tokenizer, examples, panel: list[tuple[str, str]]
     config = config or FTConfig()
     rows = []
     for lr in tqdm(list(lrs), desc="sweep_lr", disable=not progress):
-        editor = FT.for_model(model, replace(config, lr=float(lr)), tokenizer=tokenizer, locality=locality)
+        kind = FTKL if config.locality else FT
+        editor = kind.for_model(model, replace(config, lr=float(lr)), tokenizer=tokenizer, locality=locality)
         rows.append({"lr": float(lr), "editor": editor.alg,
                      **evaluate(editor, model, tokenizer, examples, panel, progress=False)})
     return pd.DataFrame(rows)

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -38,7 +37,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_sequence
 
 from mendlab import rank1
 from mendlab.edit import Edit, EditSet, Factors
-from mendlab.editors.base import as_batch, fingerprint, load_editor_state, read_editor_config, save_editor
+from mendlab.editors.base import TrainableEditor, as_batch, fingerprint
 from mendlab.families import edited_weights, get_family, is_conv1d, shape_key
 from mendlab.losses import aligned, forward, nll_per_example
 
@@ -114,13 +113,12 @@ def _key(name: str) -> str:
     return name.replace(".", "__")
 
 
-class KE(nn.Module):
+class KE(TrainableEditor):
     """KnowledgeEditor for one base model's edited weights (``names``): a conditioner and one weight network per
     edited matrix (no sharing, as in the official code)."""
 
     alg = "ke"
-    trainable = True
-    batched = True  # edit(..., separate=True) gives an EditSet
+    config_class = KEConfig
 
     def __init__(self, config: KEConfig, shapes: dict[str, tuple[int, int]], conv1d: dict[str, bool], kind: str,
                  base: dict, vocab: int, embed_dim: int, pad_id: int | None):
@@ -212,16 +210,18 @@ class KE(nn.Module):
         return (mask[0], offset[0], scale[0]) if single else (mask, offset, scale)
 
     # -- editing --------------------------------------------------------------------------------------------------
-    def edit(self, model: nn.Module, tokenizer_or_batch, examples=None, *, separate: bool = False
-             ) -> Edit | EditSet:
+    def edit(self, model: nn.Module, tokenizer_or_batch, examples=None) -> Edit:
         """An :class:`Edit` for one or many ``EditExample``s (with a tokenizer) or a prepared ``EditBatch``.
+        Several requests give ONE edit, the sum of their per-request edits (the official KE edits one request at
+        a time; summing separately computed edits is how the paper batches, §5.3)."""
+        return self.edit_many(model, tokenizer_or_batch, examples).merged()
+
+    def edit_many(self, model: nn.Module, tokenizer_or_batch, examples=None) -> EditSet:
+        """An :class:`EditSet` (edit b = editing request b alone), keeping the graph to the editor's parameters.
 
         One forward and backward of the base model gives the token rows of ∇W and the base predictions for the
         condition. The loss is the sum of per-request mean NLLs, so request b's rows are its own gradient; each
-        request is conditioned on its own text. With ``separate=True`` the result is an :class:`EditSet` (edit b
-        = editing request b alone), keeping the graph to the editor's parameters. Without it, several requests
-        give ONE edit, the sum of their per-request edits (the official KE edits one request at a time; summing
-        separately computed edits is how the paper batches, §5.3).
+        request is conditioned on its own text.
         """
         batch = as_batch(model, tokenizer_or_batch, examples)
         enc = batch.edit_inner if hasattr(batch, "edit_inner") else batch
@@ -248,32 +248,22 @@ class KE(nn.Module):
             order = torch.sort(owner, stable=True).indices  # EditSet wants each request's rows together
             factors[name], owners[name] = Factors(delta[order], u[order], conv), owner[order]
         meta = {"editor": self.alg, "n_requests": n}
-        edits = EditSet(factors, owners, n, meta)
-        return edits if separate else edits.merged()
+        return EditSet(factors, owners, n, meta)
 
     def param_groups(self, lr: float, lr_lr: float) -> list[dict]:
         """One group at ``lr`` (KE has no learned step sizes; ``lr_lr`` is unused)."""
         return [{"params": [p for p in self.parameters() if p.requires_grad], "lr": lr}]
 
     # -- saving -------------------------------------------------------------------------------------------------
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """``editor.safetensors`` (conditioner and weight networks) and ``editor_config.json``."""
-        return save_editor(self, directory, {
-            "alg": self.alg, "config": asdict(self.config), "kind": self.kind,
-            "shapes": {n: list(s) for n, s in self.shapes.items()}, "conv1d": self.conv1d, "vocab": self.vocab,
-            "embed_dim": self.embed_dim, "pad_id": self.pad_id, "base_model": self.base})
+    def config_dict(self) -> dict:
+        return {"config": asdict(self.config), "kind": self.kind,
+                "shapes": {n: list(s) for n, s in self.shapes.items()}, "conv1d": self.conv1d, "vocab": self.vocab,
+                "embed_dim": self.embed_dim, "pad_id": self.pad_id}
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, model: nn.Module | None = None, device=None) -> KE:
-        """Load a saved KE editor; with ``model``, first check it is the model the editor was trained for
-        (:class:`~mendlab.editors.base.MismatchedModelError` names both otherwise)."""
-        cfg = read_editor_config(directory, cls.alg, model)
-        editor = cls(KEConfig(**cfg["config"]), {n: tuple(s) for n, s in cfg["shapes"].items()}, cfg["conv1d"],
-                     cfg["kind"], cfg["base_model"], cfg["vocab"], cfg["embed_dim"], cfg["pad_id"])
-        return load_editor_state(editor, directory, device)
-
-    def count_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+    def from_config_dict(cls, cfg: dict) -> KE:
+        return cls(KEConfig(**cfg["config"]), {n: tuple(s) for n, s in cfg["shapes"].items()}, cfg["conv1d"],
+                   cfg["kind"], cfg["base_model"], cfg["vocab"], cfg["embed_dim"], cfg["pad_id"])
 
     def extra_repr(self) -> str:
-        return f"base={self.base['name']!r}, weights={len(self.names)}, params={self.count_parameters():,}"
+        return f"base={self.base['name']!r}, weights={len(self.names)}, params={self.num_parameters():,}"

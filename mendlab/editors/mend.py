@@ -10,20 +10,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from mendlab import rank1
 from mendlab.edit import Edit, EditSet, Factors
-from mendlab.editors.base import as_batch, fingerprint, load_editor_state, read_editor_config, save_editor
+from mendlab.editors.base import TrainableEditor, as_batch, fingerprint
 from mendlab.families import edited_weights, get_family, is_conv1d, shape_key
 from mendlab.losses import labelled_logits, nll, nll_per_example
 from mendlab.nets import EditorNet, NetConfig
 
 
-class MEND(nn.Module):
+class MEND(TrainableEditor):
     """Editor networks for one base model's edited weights (``names``), with their layouts and fingerprint.
 
     The update of weight ℓ is ``W + α_ℓ Σ_t δ̃_t ũ_tᵀ`` as in the official code (α₀ = +1e-4, learned; the paper
@@ -31,7 +30,8 @@ class MEND(nn.Module):
     """
 
     alg = "mend"
-    batched = True  # edit(..., separate=True) gives an EditSet: many requests edited apart in one pass
+    config_class = NetConfig
+    config_field = "net"
 
     def __init__(self, config: NetConfig, shapes: dict[str, tuple[int, int]], conv1d: dict[str, bool],
                  kind: str, base: dict, descent: bool = False):
@@ -50,17 +50,27 @@ class MEND(nn.Module):
         return cls(config or NetConfig(), shapes, {n: is_conv1d(model, n) for n in names},
                    get_family(model).kind, fingerprint(model, names), descent)
 
+    @classmethod
+    def default_config(cls, task: str | None = None, variant: str = "mend", **overrides) -> NetConfig:
+        """The network of a Table-6 ``variant`` (``NetConfig.variant``) with ``overrides``; the same for every task."""
+        return NetConfig.variant(variant, **overrides)
+
     # -- editing ------------------------------------------------------------------------------------------
-    def edit(self, model: nn.Module, tokenizer_or_batch, examples=None, *, separate: bool = False
-             ) -> Edit | EditSet:
+    def edit(self, model: nn.Module, tokenizer_or_batch, examples=None) -> Edit:
         """An :class:`Edit` for one or many ``EditExample``s (with a tokenizer) or a prepared ``EditBatch``.
 
         One forward and one backward of the base model (down to the earliest edited layer only), then the
         editor networks on the token rows. Several requests are edited together: their rows are pooled and the
-        update is their sum (paper §5.3). With ``separate=True`` each request gets its own edit (an
-        :class:`EditSet`, computed in the same single pass: the loss is the sum of per-request mean NLLs, so
-        each request's rows are exactly those of editing it alone). The graph to the editor is kept.
+        update is their sum (paper §5.3). The graph to the editor is kept.
         """
+        return self._edit(model, tokenizer_or_batch, examples, separate=False)
+
+    def edit_many(self, model: nn.Module, tokenizer_or_batch, examples=None) -> EditSet:
+        """Each request its own edit (an :class:`EditSet`), in the same single pass: the loss is the sum of
+        per-request mean NLLs, so each request's rows are exactly those of editing it alone."""
+        return self._edit(model, tokenizer_or_batch, examples, separate=True)
+
+    def _edit(self, model: nn.Module, tokenizer_or_batch, examples, separate: bool) -> Edit | EditSet:
         batch = as_batch(model, tokenizer_or_batch, examples)
         enc = batch.edit_inner if hasattr(batch, "edit_inner") else batch
         device = next(model.parameters()).device
@@ -85,21 +95,18 @@ class MEND(nn.Module):
         return self.net.param_groups(lr, lr_lr)
 
     # -- saving -------------------------------------------------------------------------------------------
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """``editor.safetensors`` (networks, α, normaliser state) and ``editor_config.json``."""
-        return save_editor(self, directory, {
-            "alg": self.alg, "net": asdict(self.config), "kind": self.kind, "descent": self.descent,
-            "shapes": {n: list(s) for n, s in self.net.shapes.items()}, "conv1d": self.conv1d,
-            "base_model": self.base})
+    def config_dict(self) -> dict:
+        return {"net": asdict(self.config), "kind": self.kind, "descent": self.descent,
+                "shapes": {n: list(s) for n, s in self.net.shapes.items()}, "conv1d": self.conv1d}
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, model: nn.Module | None = None, device=None) -> MEND:
-        """Load a saved editor; with ``model``, first check it is the model the editor was trained for
-        (:class:`~mendlab.editors.base.MismatchedModelError` names both otherwise)."""
-        cfg = read_editor_config(directory, cls.alg, model)
-        editor = cls(NetConfig(**cfg["net"]), {n: tuple(s) for n, s in cfg["shapes"].items()}, cfg["conv1d"],
-                     cfg["kind"], cfg["base_model"], cfg.get("descent", False))
-        return load_editor_state(editor, directory, device)
+    def from_config_dict(cls, cfg: dict) -> MEND:
+        return cls(NetConfig(**cfg["net"]), {n: tuple(s) for n, s in cfg["shapes"].items()}, cfg["conv1d"],
+                   cfg["kind"], cfg["base_model"], cfg.get("descent", False))
+
+    def num_parameters(self) -> int:
+        """The editor networks' parameters, without the step sizes α (as the paper counts)."""
+        return self.net.count_parameters()
 
     def extra_repr(self) -> str:
         return f"base={self.base['name']!r}, weights={len(self.names)}, params={self.net.count_parameters():,}"

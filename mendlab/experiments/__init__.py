@@ -25,10 +25,7 @@ from mendlab.experiments.editors import (
                                          GEN_EVAL_VARIANTS,
                                          GEN_VARIANTS,
                                          TASK_DATA,
-                                         NetConfig,
-                                         TrainConfig,
                                          _task_key,
-                                         alg_settings,
                                          editor_for,
                                          editor_path,
                                          ft_editor,
@@ -37,8 +34,10 @@ from mendlab.experiments.editors import (
                                          world_of_run,
 )
 from mendlab.experiments.evaluate import edit_report, evaluate_editor, target_probability
+from mendlab.nets import NetConfig
+from mendlab.train import TrainConfig
 
 __all__ = ["CLAIM_VARIANTS", "COMPARE_BUDGET", "DEFAULT_SETUPS", "FT_LRS", "GEN_EVAL_VARIANTS", "GEN_VARIANTS",
-           "TASK_DATA", "NetConfig", "TrainConfig", "_task_key", "ablations", "alg_settings", "compare",
+           "TASK_DATA", "NetConfig", "TrainConfig", "_task_key", "ablations", "compare",
            "compare_budget", "edit_report", "editor_for", "editor_path", "editor_settings", "evaluate_editor",
            "ft_editor", "report", "summarize", "target_probability", "task_for", "train_editor", "world_of_run"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from mendlab.config import profile
+from mendlab.editors import ALGS
 from mendlab.experiments.editors import editor_for, world_of_run
 from mendlab.experiments.evaluate import evaluate_editor
 
@@ -18,7 +19,7 @@ def compare_budget(prof: str | None = None) -> dict:
     whole profile instead."""
     return dict(COMPARE_BUDGET[prof or profile()])
 
-def compare(setups=DEFAULT_SETUPS, algs=("ft", "ft_kl", "ke", "enn", "mend"), seeds=(0, 1, 2), *,
+def compare(setups=DEFAULT_SETUPS, algs=ALGS, seeds=(0, 1, 2), *,
             n: int | None = None, split: str = "test", steps: int | None = None, n_val: int = 48,
             world_seed: int | None = None, progress: bool = True, on_row=None):
     """The method comparison (paper Table 4): for every (model, task) in ``setups``, alg and seed, get the editor

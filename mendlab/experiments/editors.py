@@ -14,8 +14,8 @@ import torch
 
 from mendlab import selfsample, tasks, zoo
 from mendlab.config import cache_dir, config_hash, profile
+from mendlab.editors import editor_class, load_editor
 from mendlab.families import edited_weights, get_family
-from mendlab.nets import NetConfig
 from mendlab.train import TrainConfig, train
 
 FT_LRS = (1e-5, 1e-4, 1e-3, 1e-2)
@@ -46,23 +46,6 @@ def task_for(model_name: str, model, tok, task: str | None = None, seed: int | N
     return t
 
 
-def alg_settings(alg: str, task: str | None = None):
-    """(editor config, TrainConfig overrides) for a trainable ``alg`` other than MEND (whose config is a
-    ``NetConfig`` variant). Official ENN defaults: lr_lr 1e-3 and c_base 10 for generation."""
-    from mendlab.editors import editor_class
-
-    if alg == "enn":
-        from mendlab.editors.enn import ENNConfig
-
-        return ENNConfig(c_base=10.0 if task == "gen" else 1.0), {"lr_lr": 1e-3}
-    if alg == "ke":
-        from mendlab.editors.ke import KEConfig
-
-        return KEConfig(), {}
-    editor_class(alg)  # raises for an unknown alg
-    raise ValueError(f"{alg!r} is not trained with train.py")
-
-
 # TrainConfig options added after editors were first cached: in the cache key only when set, so that the
 # editors trained before them keep their folders.
 _LATER_OPTIONS = {"locality_same_relation": 0.0}
@@ -84,10 +67,9 @@ def editor_path(model_name: str, alg: str = "mend", variant: str = "mend", seed:
     train_key = {k: v for k, v in asdict(cfg).items() if k not in _LATER_OPTIONS or v != _LATER_OPTIONS[k]}
     key = {"model": zoo.spec(model_name, prof, ws) if model_name in zoo.names() else model_name, "alg": alg,
            "variant": variant, "task": task, "train": train_key, **_task_key(task)}
-    if alg == "mend":
-        key["net"] = asdict(NetConfig.variant(variant, **(net or {})))
-    else:
-        key["editor"] = asdict(alg_settings(alg, task)[0]) if alg in ("ke", "enn") else None
+    cls = editor_class(alg)
+    key[getattr(cls, "config_field", "editor")] = (asdict(cls.default_config(task, variant, **(net or {})))
+                                                   if cls.trainable else None)
     if names is not None:  # only when given, so that the family defaults keep their cache entries
         key["names"] = list(names)
     return cache_dir() / "editors" / f"{Path(model_name).name}-{alg}-{variant}-{config_hash(key)}"
@@ -108,21 +90,14 @@ def train_editor(model_name: str = "tiny-gpt2", alg: str = "mend", variant: str 
     ``NetConfig`` fields to override on top of the variant (MEND only), e.g. ``{"rank": 64}``. Both enter the cache
     key.
     """
-    from mendlab.editors import ALGS, TRAINED, editor_class, load_editor
-
-    if alg not in ALGS:
-        raise ValueError(f"unknown alg {alg!r}; choose one of {ALGS}")
-    if net and alg != "mend":
-        raise ValueError(f"net overrides NetConfig, MEND's editor network; alg {alg!r} has none")
-    if alg not in TRAINED:
+    cls = editor_class(alg)  # raises for an unknown alg
+    cls.default_config(task, variant, **(net or {}))  # refuses variants and network overrides of other editors
+    if not cls.trainable:
         if names is not None:
             raise ValueError(f"{alg} sweeps its lr over the family's default weights; names are not supported")
         return ft_editor(model_name, alg, seed, task, progress=progress, force=force, world_seed=world_seed)
-    if alg != "mend" and variant != "mend":
-        raise ValueError(f"variants are MEND ablations; alg {alg!r} takes none")
     prof = profile()
-    overrides = {} if alg == "mend" else alg_settings(alg, task)[1]
-    cfg = train_config or TrainConfig.for_profile(prof, seed=seed, **overrides)
+    cfg = train_config or TrainConfig.for_profile(prof, seed=seed, **cls.train_overrides(task))
     ws = world_of_run(seed, world_seed)
     model, tok = zoo.load(model_name, seed=ws if model_name in zoo.names() else None, progress=progress)
     if task == tasks.DEFAULT_TASK[get_family(model).kind]:
@@ -138,13 +113,11 @@ def train_editor(model_name: str = "tiny-gpt2", alg: str = "mend", variant: str 
         return editor, model, tok, {**card, "cached": True}
     t = task_for(model_name, model, tok, task, ws, progress=progress)
     torch.manual_seed(seed)
-    config = NetConfig.variant(variant, **(net or {})) if alg == "mend" else alg_settings(alg, t.name)[0]
-    editor = editor_class(alg).for_model(model, config, names=names)
+    editor = cls.for_model(model, cls.default_config(t.name, variant, **(net or {})), names=names)
     t0 = time.perf_counter()
     # force: start afresh, even where an interrupted (or finished) run left its checkpoint to resume from
     result = train(editor, model, tok, t.train, t.val, cfg, out=path, progress=progress, resume=not force)
-    n_params = (editor.net.count_parameters() if alg == "mend"
-                else sum(p.numel() for p in editor.parameters() if p.requires_grad))
+    n_params = editor.num_parameters()
     card = {"model": model_name, "alg": alg, "variant": variant, "seed": seed, "world_seed": ws, "task": t.name,
             "path": str(path / "best"), "seconds": round(time.perf_counter() - t0, 1),
             "train_seconds": round(result.seconds, 1), "steps": result.steps, "best_step": result.best_step,
@@ -162,15 +135,15 @@ def ft_editor(model_name: str = "tiny-gpt2", alg: str = "ft", seed: int = 0, tas
     FT+KL draws its locality examples from the training requests' unrelated facts."""
     import pandas as pd
 
-    from mendlab.editors import editor_class
-    from mendlab.editors.ft import FTConfig, best_lr, sweep_lr
+    from mendlab.editors.ft import best_lr, sweep_lr
 
     prof = profile()
     ws = world_of_run(seed, world_seed)
     model, tok = zoo.load(model_name, seed=ws if model_name in zoo.names() else None, progress=progress)
     t = task_for(model_name, model, tok, task, ws, progress=progress)
-    config = FTConfig(locality=alg == "ft_kl", seed=seed)
-    locality = [e.locality for e in t.train if e.locality is not None] if alg == "ft_kl" else None
+    cls = editor_class(alg)
+    config = replace(cls.default_config(t.name), seed=seed)
+    locality = [e.locality for e in t.train if e.locality is not None] if config.locality else None
     key = {"model": zoo.spec(model_name, prof, ws) if model_name in zoo.names() else model_name, "alg": alg,
            "task": t.name, "ft": asdict(config), "lrs": list(lrs), "n_val": n_val,
            **_task_key(t.name)}
@@ -192,22 +165,20 @@ def ft_editor(model_name: str = "tiny-gpt2", alg: str = "ft", seed: int = 0, tas
                 "best_step": 0, "best_val": None, "stopped": "no training", "skipped": 0, "editor_params": 0}
         card_file.write_text(json.dumps(card, indent=1))
         card["cached"] = False
-    editor = editor_class(alg).for_model(model, replace(config, lr=card["lr"]), tokenizer=tok, locality=locality)
+    editor = cls.for_model(model, replace(config, lr=card["lr"]), tokenizer=tok, locality=locality)
     return editor, model, tok, card
 
 
 def editor_for(model_name: str, alg: str, seed: int = 0, task: str | None = None, *, steps: int | None = None,
                n_val: int = 48, world_seed: int | None = None, variant: str = "mend", progress: bool = False):
     """(editor, model, tokenizer, card) for any alg as the comparison runs it: trained editors with the profile's
-    TrainConfig (``steps`` overriding its length) plus the alg's own settings (:func:`alg_settings`), FT and
+    TrainConfig (``steps`` overriding its length) plus the editor's ``train_overrides``, FT and
     FT+KL with their lr swept on ``n_val`` validation requests. ``variant``: a MEND ablation (``NetConfig``).
     Cached like :func:`train_editor`."""
-    from mendlab.editors import TRAINED
-
-    if alg not in TRAINED:
+    cls = editor_class(alg)
+    if not cls.trainable:
         return ft_editor(model_name, alg, seed, task, n_val=n_val, progress=progress, world_seed=world_seed)
-    overrides = {} if alg == "mend" else alg_settings(alg, task)[1]
-    cfg = TrainConfig.for_profile(seed=seed, **overrides, **({"steps": steps} if steps else {}))
+    cfg = TrainConfig.for_profile(seed=seed, **cls.train_overrides(task), **({"steps": steps} if steps else {}))
     return train_editor(model_name, alg, variant, seed=seed, task=task, train_config=cfg, progress=progress,
                         world_seed=world_seed)
 

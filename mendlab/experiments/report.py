@@ -96,7 +96,7 @@ def _cell(value):
 
 
 # the repository's results folder (a checkout: next to the package)
-RESULTS = Path(__file__).resolve().parents[1] / "results"
+RESULTS = Path(__file__).resolve().parents[2] / "results"
 
 
 def load(path: str | Path):
