@@ -70,21 +70,16 @@ class TrainConfig:
 
     @classmethod
     def for_profile(cls, name: str | None = None, **overrides) -> TrainConfig:
-        """``ci``: sized for a 2-core CPU in minutes; ``full``: long training with patience, for a GPU."""
-        from mendlab.config import profile
+        """The profile's training (``config.SETTINGS``: ``ci`` sized for a 2-core CPU in minutes, ``full`` long
+        training for a GPU) with the tuned settings below and ``overrides``."""
+        from mendlab.config import settings
 
-        name = name or profile()
         # departures from the paper (lr 1e-6 over ~10^5 steps, c_edit 0.1, fixed targets, constant lr): a CPU budget
         # of ~2000 steps needs a larger lr, and a short run weights the edit term more (c_edit 0.2); a tiny world has
         # ~1k QA requests, so a fixed target each is memorised (resample_target draws a fresh one); the cosine
         # schedule lets a short run settle at its end
         tuned = dict(lr=3e-5, c_edit=0.2, resample_target=True, schedule="cosine")
-        # full: patience = steps, so the cosine schedule always runs to its end (the best checkpoint is still the
-        # validation's): a shorter patience lets a noisy validation loss end the run before the low-lr phase at the
-        # end of the schedule, which is where an editor settles
-        base = {"ci": cls(steps=2000, val_every=100, val_size=160, patience=1000, **tuned),
-                "full": cls(steps=12000, val_every=500, val_size=500, patience=12000, **tuned)}[name]
-        return replace(base, **overrides)
+        return replace(cls(**settings(name).train, **tuned), **overrides)
 
 
 @dataclass

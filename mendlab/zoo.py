@@ -73,14 +73,17 @@ _CI = (
 _FULL_OVERRIDES = {"tiny-t5": dict(lr=1e-3, warmup=0.1)}
 
 
-def _full(spec: ZooSpec) -> ZooSpec:
-    """A world four times larger and four times the training (a GPU run, or a long CPU one)."""
-    world = replace(spec.world, n_subjects=spec.world.n_subjects * 4)
-    return replace(spec, steps=spec.steps * 4, cloze_steps=spec.cloze_steps * 4, world=world,
+def _scaled(spec: ZooSpec, k: int) -> ZooSpec:
+    """A world ``k`` times larger and ``k`` times the training (``full``: 4, a GPU run or a long CPU one)."""
+    if k == 1:
+        return spec
+    world = replace(spec.world, n_subjects=spec.world.n_subjects * k)
+    return replace(spec, steps=spec.steps * k, cloze_steps=spec.cloze_steps * k, world=world,
                    **_FULL_OVERRIDES.get(spec.name, {}))
 
 
-ZOO: dict[str, dict[str, ZooSpec]] = {"ci": {s.name: s for s in _CI}, "full": {s.name: _full(s) for s in _CI}}
+ZOO: dict[str, dict[str, ZooSpec]] = {p: {s.name: _scaled(s, cfg.SETTINGS[p].zoo_scale) for s in _CI}
+                                      for p in cfg.PROFILES}
 
 
 def names() -> list[str]:

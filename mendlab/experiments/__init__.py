@@ -11,20 +11,9 @@ sidecar (:mod:`~mendlab.experiments.report`).
 """
 
 from mendlab.experiments import ablations, report  # noqa: E402  (submodules, as experiments.ablations.ablate)
-from mendlab.experiments.compare import (
-                                         COMPARE_BUDGET,
-                                         DEFAULT_SETUPS,
-                                         compare,
-                                         compare_budget,
-                                         editor_settings,
-                                         summarize,
-)
+from mendlab.experiments.compare import DEFAULT_SETUPS, compare, compare_budget, editor_settings, summarize
 from mendlab.experiments.editors import (
-                                         CLAIM_VARIANTS,
                                          FT_LRS,
-                                         GEN_EVAL_VARIANTS,
-                                         GEN_VARIANTS,
-                                         TASK_DATA,
                                          _task_key,
                                          editor_for,
                                          editor_path,
@@ -37,7 +26,6 @@ from mendlab.experiments.evaluate import edit_report, evaluate_editor, target_pr
 from mendlab.nets import NetConfig
 from mendlab.train import TrainConfig
 
-__all__ = ["CLAIM_VARIANTS", "COMPARE_BUDGET", "DEFAULT_SETUPS", "FT_LRS", "GEN_EVAL_VARIANTS", "GEN_VARIANTS",
-           "TASK_DATA", "NetConfig", "TrainConfig", "_task_key", "ablations", "compare",
+__all__ = ["DEFAULT_SETUPS", "FT_LRS", "NetConfig", "TrainConfig", "_task_key", "ablations", "compare",
            "compare_budget", "edit_report", "editor_for", "editor_path", "editor_settings", "evaluate_editor",
            "ft_editor", "report", "summarize", "target_probability", "task_for", "train_editor", "world_of_run"]

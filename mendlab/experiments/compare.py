@@ -4,20 +4,18 @@ from __future__ import annotations
 
 import json
 
-from mendlab.config import profile
+from mendlab.config import settings
 from mendlab.editors import ALGS
 from mendlab.experiments.editors import editor_for, world_of_run
 from mendlab.experiments.evaluate import evaluate_editor
 
 DEFAULT_SETUPS = (("tiny-bert", "claim"), ("tiny-bart", "qa"), ("tiny-gpt2", "gen"))  # paper Table 4's layout
-# what a comparison costs per profile: editor training steps (None: the profile's), test and FT-sweep requests
-COMPARE_BUDGET = {"ci": {"steps": 300, "n": 24, "n_val": 8}, "full": {"steps": None, "n": None, "n_val": 48}}
 
 
 def compare_budget(prof: str | None = None) -> dict:
-    """The notebook-sized comparison settings of a profile (``COMPARE_BUDGET``); ``mendlab compare`` runs the
-    whole profile instead."""
-    return dict(COMPARE_BUDGET[prof or profile()])
+    """The notebook-sized comparison settings of a profile (``config.Profile.compare``: editor training steps,
+    test and FT-sweep requests); ``mendlab compare`` runs the whole profile instead."""
+    return dict(settings(prof).compare)
 
 def compare(setups=DEFAULT_SETUPS, algs=ALGS, seeds=(0, 1, 2), *,
             n: int | None = None, split: str = "test", steps: int | None = None, n_val: int = 48,

@@ -13,33 +13,24 @@ from pathlib import Path
 import torch
 
 from mendlab import selfsample, tasks, zoo
-from mendlab.config import cache_dir, config_hash, profile
+from mendlab.config import cache_dir, config_hash, profile, settings
 from mendlab.editors import editor_class, load_editor
 from mendlab.families import edited_weights, get_family
 from mendlab.train import TrainConfig, train
 
 FT_LRS = (1e-5, 1e-4, 1e-3, 1e-2)
 
-# Claims have two labels, so a claim request cannot get a fresh target (``TrainConfig.resample_target``): the
-# training split gets this many redrawn claims per training fact instead (val and test are unchanged).
-CLAIM_VARIANTS = 7
-# Generation requests per subject: 200 in the train split (28k distinct requests on the ci world, the paper
-# trains on ~68k), 8 in val and test (160 and 320 requests, so one request moves ES by well under 0.01).
-GEN_VARIANTS, GEN_EVAL_VARIANTS = 200, 8
-TASK_DATA = {"claim_variants": CLAIM_VARIANTS, "gen_variants": GEN_VARIANTS, "gen_eval_variants": GEN_EVAL_VARIANTS}
-
-
 def _task_key(task: str | None) -> dict:
     """What of the task data enters an editor's cache key: the variants, and for generation the sampler."""
     targets = asdict(selfsample.SampleConfig()) if task in (None, "gen") else "self-sampled"
-    return {**TASK_DATA, "gen_targets": targets}
+    return {**asdict(settings().tasks), "gen_targets": targets}
 
 
 def task_for(model_name: str, model, tok, task: str | None = None, seed: int | None = None, progress: bool = False):
     """The editing task of a zoo model on its world (``seed``): QA, claims, or generation with targets sampled
     from ``model`` itself (:mod:`mendlab.selfsample`, cached), as the paper's Wikitext edits are."""
     world = zoo.world_of(model_name, seed=seed)
-    t = tasks.from_world(world, get_family(model).kind, task, **TASK_DATA)
+    t = tasks.from_world(world, get_family(model).kind, task, **asdict(settings().tasks))
     if t.name == "gen":
         for split in ("train", "val", "test"):
             setattr(t, split, selfsample.retarget(t.split(split), model, tok, progress=progress)[0])
