@@ -8,7 +8,8 @@ import torch
 from mendlab import losses, rank1, tasks
 from mendlab.data import Collator
 from mendlab.edit import Edit, Factors
-from mendlab.editors.ft import FT, FTKL, FTConfig, best_lr, sweep_lr
+from mendlab.editors.ft import FT, FTKL, FTConfig
+from mendlab.experiments.editors import best_lr, sweep_lr
 from mendlab.families import get_family
 
 

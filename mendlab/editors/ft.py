@@ -13,11 +13,11 @@ model already gets right takes 0 steps). The model is never modified: every forw
     editor = FT.for_model(model, FTConfig(lr=1e-3))
     edit = editor.edit(model, tokenizer, EditExample("Where was Zorbo born?", "Kelvane"))
     editor = FTKL.for_model(model, tokenizer=tokenizer, locality=world.qa_pairs(split="train"))
-    table = sweep_lr(model, tokenizer, task.val[:20], task.panel)      # pick lr on validation edits
-    lr = best_lr(table)
+    # pick lr on validation edits: mendlab.experiments.editors.sweep_lr and best_lr
 
 Departures from the official code: the default ``lr`` is 1e-4 (ft.yaml: 5e-6; paper C.1: 1e-6 for the small
-models, 1e-4 for T5), since the toy models of this course need larger steps; use :func:`sweep_lr`. Residuals are
+models, 1e-4 for T5), since the toy models of this course need larger steps; the harness sweeps it
+(:func:`mendlab.experiments.editors.sweep_lr`). Residuals are
 kept in at least float32 and cast to the weight's dtype when added. A decoder's locality KL is taken on the answer
 positions of a question-answer pair (see :func:`mendlab.losses.kl_loc`).
 """
@@ -213,48 +213,3 @@ class FTKL(FT):
 
 def _product(r: list[torch.Tensor]) -> torch.Tensor:
     return r[0] if len(r) == 1 else r[0] @ r[1]
-
-
-# -- choosing the learning rate -----------------------------------------------------------------------------------
-def sweep_lr(model: nn.Module, tokenizer, examples, panel: list[tuple[str, str]],
-             lrs: Sequence[float] = (1e-5, 1e-4, 1e-3, 1e-2), locality: Sequence[tuple[str, str]] | None = None,
-             config: FTConfig | None = None, progress: bool = False):
-    """One row per lr: ``lr``, ``editor`` and :func:`mendlab.metrics.evaluate`'s results for FT (FT+KL when
-    ``config.locality``, which needs ``locality`` training pairs) on ``examples``. Pass *validation* edits, so the
-    lr is not chosen on the test set; then :func:`best_lr`."""
-    import pandas as pd
-    from tqdm.auto import tqdm
-
-    from mendlab.metrics import evaluate
-
-    if not lrs:
-        raise ValueError("lrs is empty")
-    if not examples:
-        raise ValueError("sweep_lr needs at least one (validation) edit example")
-    config = config or FTConfig()
-    rows = []
-    for lr in tqdm(list(lrs), desc="sweep_lr", disable=not progress):
-        kind = FTKL if config.locality else FT
-        editor = kind.for_model(model, replace(config, lr=float(lr)), tokenizer=tokenizer, locality=locality)
-        rows.append({"lr": float(lr), "editor": editor.alg,
-                     **evaluate(editor, model, tokenizer, examples, panel, progress=False)})
-    return pd.DataFrame(rows)
-
-
-def best_lr(frame, key: str = "es_rephrase") -> float:
-    """The lr of :func:`sweep_lr`'s ``frame`` with the highest ``frame[key]`` − drawdown, where the drawdown is
-    ``acc_dd`` when measured (QA, claims) and ``ppl_dd`` otherwise (language modelling; absolute perplexity).
-    Ties go to the smaller lr. The default key is edit success on the rephrasings: FT runs until x_e itself is
-    right, so ``es_edit`` is ~1 at every lr and would only reward the smallest drawdown."""
-    if key not in frame:
-        raise KeyError(f"frame has no column {key!r}; columns: {list(frame.columns)}")
-    dd = frame["acc_dd"] if "acc_dd" in frame else None
-    if dd is None or dd.isna().all():
-        if "ppl_dd" not in frame or frame["ppl_dd"].isna().all():
-            raise ValueError("frame has neither acc_dd nor ppl_dd values; is it sweep_lr's output?")
-        dd = frame["ppl_dd"]
-    score = frame[key].astype(float) - dd.astype(float)
-    if score.isna().all():
-        raise ValueError(f"no lr has a finite {key} − drawdown score")
-    order = frame["lr"].astype(float).sort_values(kind="stable").index
-    return float(frame.loc[score.loc[order].idxmax(), "lr"])

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import torch
 
-from mendlab import selfsample, tasks, zoo
+from mendlab import metrics, selfsample, tasks, zoo
 from mendlab.config import cache_dir, config_hash, profile, settings
 from mendlab.editors import editor_class, load_editor
+from mendlab.editors.ft import FT, FTKL, FTConfig
 from mendlab.families import edited_weights, get_family
 from mendlab.train import TrainConfig, train
 
@@ -126,7 +127,6 @@ def ft_editor(model_name: str = "tiny-gpt2", alg: str = "ft", seed: int = 0, tas
     FT+KL draws its locality examples from the training requests' unrelated facts."""
     import pandas as pd
 
-    from mendlab.editors.ft import best_lr, sweep_lr
 
     prof = profile()
     ws = world_of_run(seed, world_seed)
@@ -173,3 +173,45 @@ def editor_for(model_name: str, alg: str, seed: int = 0, task: str | None = None
     return train_editor(model_name, alg, variant, seed=seed, task=task, train_config=cfg, progress=progress,
                         world_seed=world_seed)
 
+
+# -- FT's learning rate, chosen on validation edits ------------------------------------------------------------
+def sweep_lr(model: torch.nn.Module, tokenizer, examples, panel: list[tuple[str, str]],
+             lrs: Sequence[float] = (1e-5, 1e-4, 1e-3, 1e-2), locality: Sequence[tuple[str, str]] | None = None,
+             config: FTConfig | None = None, progress: bool = False):
+    """One row per lr: ``lr``, ``editor`` and :func:`mendlab.metrics.evaluate`'s results for FT (FT+KL when
+    ``config.locality``, which needs ``locality`` training pairs) on ``examples``. Pass *validation* edits, so the
+    lr is not chosen on the test set; then :func:`best_lr`."""
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    if not lrs:
+        raise ValueError("lrs is empty")
+    if not examples:
+        raise ValueError("sweep_lr needs at least one (validation) edit example")
+    config = config or FTConfig()
+    rows = []
+    for lr in tqdm(list(lrs), desc="sweep_lr", disable=not progress):
+        kind = FTKL if config.locality else FT
+        editor = kind.for_model(model, replace(config, lr=float(lr)), tokenizer=tokenizer, locality=locality)
+        rows.append({"lr": float(lr), "editor": editor.alg,
+                     **metrics.evaluate(editor, model, tokenizer, examples, panel, progress=False)})
+    return pd.DataFrame(rows)
+
+
+def best_lr(frame, key: str = "es_rephrase") -> float:
+    """The lr of :func:`sweep_lr`'s ``frame`` with the highest ``frame[key]`` − drawdown, where the drawdown is
+    ``acc_dd`` when measured (QA, claims) and ``ppl_dd`` otherwise (language modelling; absolute perplexity).
+    Ties go to the smaller lr. The default key is edit success on the rephrasings: FT runs until x_e itself is
+    right, so ``es_edit`` is ~1 at every lr and would only reward the smallest drawdown."""
+    if key not in frame:
+        raise KeyError(f"frame has no column {key!r}; columns: {list(frame.columns)}")
+    dd = frame["acc_dd"] if "acc_dd" in frame else None
+    if dd is None or dd.isna().all():
+        if "ppl_dd" not in frame or frame["ppl_dd"].isna().all():
+            raise ValueError("frame has neither acc_dd nor ppl_dd values; is it sweep_lr's output?")
+        dd = frame["ppl_dd"]
+    score = frame[key].astype(float) - dd.astype(float)
+    if score.isna().all():
+        raise ValueError(f"no lr has a finite {key} − drawdown score")
+    order = frame["lr"].astype(float).sort_values(kind="stable").index
+    return float(frame.loc[score.loc[order].idxmax(), "lr"])
