@@ -164,13 +164,12 @@ def cmd_eval(args) -> None:
                                          split=args.split, n=args.n, n_edits=args.n_edits, progress=not args.json)
     result = {**metrics.rounded(result, 4), "model": args.model, "alg": editor.alg, "seed": seed,
               "task": card.get("task"), "split": args.split, "seconds": round(time.perf_counter() - t0, 1)}
-    human = "\n".join(f"{k:12s} {v}" for k, v in result.items())
-    _emit(args, result, human)
+    _emit(args, result, "\n".join(f"{k:12s} {v}" for k, v in result.items()))
 
 
-def _run_table(args, default_setups, run, summarize, figure) -> None:
-    """Run ``run(setups, seeds, on_row)`` (a runner of :mod:`mendlab.experiments`), writing ``--out`` row by
-    row with its provenance and ``--figure``; print ``summarize(frame)``."""
+def _run_table(args, default_setups, run, items: str, summarize, figure, **options) -> None:
+    """Run ``run(setups, items, seeds, **options)`` (a runner of :mod:`mendlab.experiments`; ``items``: algs or
+    variants) with the shared options, writing ``--out`` row by row with provenance and ``--figure``; print it."""
     import pandas as pd
 
     from mendlab.config import profile
@@ -178,13 +177,12 @@ def _run_table(args, default_setups, run, summarize, figure) -> None:
 
     setups = [tuple(s.split(":", 1)) for s in args.setup] or list(default_setups)
     seeds = [int(s) for s in args.seeds.split(",")]
-    table = None
-    if args.out:
-        options = {k: getattr(args, k) for k in ("algs", "variants", "split", "n", "steps", "n_val", "world_seed")
-                   if hasattr(args, k)}
-        table = report.ResultsTable(args.out, report.provenance(
-            report.command_line(args.argv), profile(), seeds, setups=[":".join(s) for s in setups], **options))
-    frame = run(setups, seeds, on_row=table.add if table else None)
+    recorded = {k: getattr(args, k) for k in ("algs", "variants", "split", "n", "steps", "n_val", "world_seed", "T")
+                if hasattr(args, k)}
+    table = report.ResultsTable(args.out, report.provenance(report.command_line(args.argv), profile(), seeds, setups=[
+        ":".join(s) for s in setups], **recorded)) if args.out else None
+    frame = run(setups, items.split(","), seeds, split=args.split, steps=args.steps, world_seed=args.world_seed,
+                progress=not args.json, on_row=table.add if table is not None else None, **options)
     if table is not None:
         table.close()
         if args.figure:
@@ -197,24 +195,23 @@ def _run_table(args, default_setups, run, summarize, figure) -> None:
 def cmd_compare(args) -> None:
     from mendlab import experiments, plots
 
-    def run(setups, seeds, on_row):
-        return experiments.compare(setups, args.algs.split(","), seeds, n=args.n,
-                                   split=args.split, steps=args.steps, n_val=args.n_val, world_seed=args.world_seed,
-                                   progress=not args.json, on_row=on_row)
-
-    _run_table(args, experiments.DEFAULT_SETUPS, run, experiments.summarize, plots.compare)
+    _run_table(args, experiments.DEFAULT_SETUPS, experiments.compare, args.algs, experiments.summarize,
+               plots.compare, n=args.n, n_val=args.n_val)
 
 
 def cmd_ablate(args) -> None:
     from mendlab import plots
     from mendlab.experiments import ablations
 
-    def run(setups, seeds, on_row):
-        return ablations.ablate(setups, args.variants.split(","), seeds, n=args.n,
-                                split=args.split, steps=args.steps, world_seed=args.world_seed,
-                                progress=not args.json, on_row=on_row)
+    _run_table(args, ablations.ABLATION_SETUPS, ablations.ablate, args.variants, ablations.summarize,
+               plots.ablations, n=args.n)
 
-    _run_table(args, ablations.ABLATION_SETUPS, run, ablations.summarize, plots.ablations)
+
+def cmd_sequential(args) -> None:
+    from mendlab import plots
+    from mendlab.experiments import sequential
+
+    _run_table(args, sequential.SETUPS, sequential.run, args.algs, sequential.summarize, plots.retention, T=args.T)
 
 
 def cmd_edit(args) -> None:
@@ -241,11 +238,12 @@ def cmd_demo(args) -> None:
     _emit(args, result, "\n".join(lines))
 
 
-def _table_options(p: argparse.ArgumentParser, default_setups: str, example_out: str) -> None:
-    """The options every results-table command shares."""
+def _table_options(p: argparse.ArgumentParser, default_setups: str, example_out: str, n: bool = True) -> None:
+    """The options every results-table command shares (``n``: with ``--n``)."""
     p.add_argument("--setup", action="append", default=[], help=f"MODEL:TASK (repeatable; default: {default_setups})")
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--n", type=int, default=None, help="evaluate only the first N requests")
+    if n:
+        p.add_argument("--n", type=int, default=None, help="evaluate only the first N requests")
     p.add_argument("--steps", type=int, default=None, help="training steps of trained editors (default: profile)")
     p.add_argument("--world-seed", type=int, default=None,
                    help="one world and base model for every seed (the seeds then vary only the editors)")
@@ -253,16 +251,21 @@ def _table_options(p: argparse.ArgumentParser, default_setups: str, example_out:
     p.add_argument("--out", default=None, help=f"also write the rows as CSV, row by row, with a provenance sidecar "
                                                f"(e.g. {example_out})")
     p.add_argument("--figure", default=None, help="with --out: also save the figure (e.g. .png)")
+
+
+def _command(sub, name: str, func, help: str) -> argparse.ArgumentParser:
+    """The parser of the subcommand ``name``: it runs ``func(args)`` and takes ``--json``."""
+    p = sub.add_parser(name, help=help)
     p.add_argument("--json", action="store_true")
+    p.set_defaults(func=func)
+    return p
 
 
 def _add_world(sub) -> None:
-    w = sub.add_parser("world", help="write the synthetic world in MEND's file formats")
+    w = _command(sub, "world", cmd_world, "write the synthetic world in MEND's file formats")
     w.add_argument("--seed", type=int, default=0)
     w.add_argument("--subjects", type=int, default=200)
     w.add_argument("--out", required=True)
-    w.add_argument("--json", action="store_true")
-    w.set_defaults(func=cmd_world)
 
 
 def _add_zoo(sub) -> None:
@@ -287,7 +290,7 @@ def _add_zoo(sub) -> None:
 def _add_train(sub) -> None:
     from mendlab.editors import ALGS
 
-    t = sub.add_parser("train", help="train an editor for a model (cached by configuration)")
+    t = _command(sub, "train", cmd_train, "train an editor for a model (cached by configuration)")
     t.add_argument("--model", default="tiny-gpt2", help="zoo name or local model folder")
     t.add_argument("--alg", default="mend", choices=ALGS, help="ft and ft_kl train nothing: their lr is swept on "
                                                                   "validation edits")
@@ -305,14 +308,12 @@ def _add_train(sub) -> None:
     t.add_argument("--weights", default=None, metavar="NAME[,NAME...]",
                    help="the weights to edit, full parameter names (default: the family's, see `families`)")
     t.add_argument("--force", action="store_true", help="retrain even when cached")
-    t.add_argument("--json", action="store_true")
-    t.set_defaults(func=cmd_train)
 
 
 def _add_eval(sub) -> None:
     from mendlab.editors import ALGS
 
-    e = sub.add_parser("eval", help="evaluate a trained editor on held-out edits")
+    e = _command(sub, "eval", cmd_eval, "evaluate a trained editor on held-out edits")
     e.add_argument("--model", default="tiny-gpt2")
     e.add_argument("--editor", default=None, help="folder written by `mendlab train` (default: the cached editor "
                                                   "for --alg, trained if missing)")
@@ -322,14 +323,12 @@ def _add_eval(sub) -> None:
     e.add_argument("--n", type=int, default=None, help="evaluate only the first N requests")
     e.add_argument("--split", default="test", choices=("val", "test"))
     e.add_argument("--seed", type=int, default=None, help="default: the editor's training seed")
-    e.add_argument("--json", action="store_true")
-    e.set_defaults(func=cmd_eval)
 
 
 def _add_edit(sub) -> None:
     from mendlab.editors import ALGS
 
-    ed = sub.add_parser("edit", help="edit one fact you type and show before/after")
+    ed = _command(sub, "edit", cmd_edit, "edit one fact you type and show before/after")
     ed.add_argument("--model", default="tiny-gpt2")
     ed.add_argument("--editor", default=None)
     ed.add_argument("--alg", default=None, choices=ALGS)
@@ -338,38 +337,39 @@ def _add_edit(sub) -> None:
     ed.add_argument("--rephrase", action="append", default=[], help="an equivalent prompt (repeatable)")
     ed.add_argument("--unrelated", action="append", default=[], help="PROMPT=ANSWER that must not change")
     ed.add_argument("--seed", type=int, default=None)
-    ed.add_argument("--json", action="store_true")
-    ed.set_defaults(func=cmd_edit)
 
 
 def _add_compare(sub) -> None:
     from mendlab.editors import ALGS
 
-    c = sub.add_parser("compare", help="MEND against FT, FT+KL, KE and ENN (paper Table 4)")
+    c = _command(sub, "compare", cmd_compare, "MEND against FT, FT+KL, KE and ENN (paper Table 4)")
     _table_options(c, "tiny-bert:claim, tiny-bart:qa, tiny-gpt2:gen", "results/compare_ci.csv")
     c.add_argument("--algs", default=",".join(ALGS))
     c.add_argument("--n-val", type=int, default=48, help="validation requests in FT's lr sweep")
-    c.set_defaults(func=cmd_compare)
 
 
 def _add_ablate(sub) -> None:
     from mendlab.nets import VARIANTS
 
-    a = sub.add_parser("ablate", help="MEND's editor-network ablations (paper Table 6)")
+    a = _command(sub, "ablate", cmd_ablate, "MEND's editor-network ablations (paper Table 6)")
     _table_options(a, "tiny-gpt2:gen, tiny-bart:qa", "results/ablations.csv")
     a.add_argument("--variants", default=",".join(VARIANTS), help=f"among {','.join(VARIANTS)}")
-    a.set_defaults(func=cmd_ablate)
+
+
+def _add_sequential(sub) -> None:
+    q = _command(sub, "sequential", cmd_sequential, "T edits one after another to one model: retention and drawdown")
+    _table_options(q, "tiny-bart:qa", "results/sequential.csv", n=False)
+    q.add_argument("--algs", default="mend,ft")
+    q.add_argument("--T", type=int, default=100, help="edits in the sequence: the split's first T requests")
 
 
 def _add_demo(sub) -> None:
-    d = sub.add_parser("demo", help="the main job: world, tiny model, train MEND, edit, evaluate")
+    d = _command(sub, "demo", cmd_demo, "the main job: world, tiny model, train MEND, edit, evaluate")
     d.add_argument("--model", default="tiny-gpt2")
     d.add_argument("--seed", type=int, default=None)
     d.add_argument("--subjects", type=int, default=5, help="test-split subjects to probe")
     d.add_argument("--edits", type=int, default=3, help="edits to show before/after")
     d.add_argument("--n", type=int, default=None, help="evaluate only the first N held-out edits")
-    d.add_argument("--json", action="store_true")
-    d.set_defaults(func=cmd_demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -383,6 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_edit(sub)
     _add_compare(sub)
     _add_ablate(sub)
+    _add_sequential(sub)
     _add_demo(sub)
     return p
 

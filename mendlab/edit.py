@@ -8,6 +8,7 @@ weight's own layout. Factors keep their autograd graph, so an editor can be trai
         model.generate(...)
     logits = edit.forward(model, enc)     # functional view, the model is never touched
     (edit_a + edit_b).save("both.safetensors")   # batch editing = sum (paper §5.3)
+    edits.aggregate("least_squares")      # or one least-squares ΔW for a batch (MALMEN), see EditSet.aggregate
 """
 
 from __future__ import annotations
@@ -178,6 +179,8 @@ class EditSet:
     ``owner`` [N] the request each row belongs to. ``forward(model, enc)`` runs row b of ``enc`` through the model
     edited by edit b only, in one batched pass (:func:`mendlab.rank1.per_example`). ``shared`` holds dense
     deltas (weight layout) that belong to every one of the B edits (ENN: its trained change of the base weights).
+    ``keys[name]`` = (``k`` [M, in], ``k_owner`` [M]): the raw layer inputs of the edit batch's token rows
+    (detached) and the request each belongs to, which :meth:`aggregate` needs for ``"least_squares"``.
     """
 
     factors: dict[str, Factors]
@@ -185,6 +188,7 @@ class EditSet:
     size: int
     meta: dict = field(default_factory=dict)
     shared: dict[str, torch.Tensor] = field(default_factory=dict)
+    keys: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
     def _with_shared(self, edit: Edit) -> Edit:
         return edit + Edit(dense=dict(self.shared)) if self.shared else edit
@@ -193,6 +197,7 @@ class EditSet:
         return self.size
 
     def __getitem__(self, b: int) -> Edit:
+        """Edit b alone (with the shared part); an :class:`Edit` carries no keys."""
         out = {}
         for n, f in self.factors.items():
             keep = self.owner[n] == b
@@ -203,7 +208,8 @@ class EditSet:
 
     def detach(self) -> EditSet:
         return EditSet({n: Factors(f.delta.detach(), f.u.detach(), f.conv1d) for n, f in self.factors.items()},
-                       self.owner, self.size, dict(self.meta), {n: d.detach() for n, d in self.shared.items()})
+                       self.owner, self.size, dict(self.meta), {n: d.detach() for n, d in self.shared.items()},
+                       {n: (k.detach(), o) for n, (k, o) in self.keys.items()})
 
     def merged(self) -> Edit:
         """All B edits summed into one (batch editing); a shared part counts once."""
@@ -211,19 +217,59 @@ class EditSet:
         edit.meta = dict(self.meta)
         return edit
 
+    def aggregate(self, method: str = "sum", *, ridge: float = 1e-2) -> Edit:
+        """The B edits as ONE edit of the weights, by ``method`` (one of :data:`AGGREGATIONS`).
+
+        ``"sum"``: ΔW = Σ_b ΔW_b, exactly :meth:`merged` (paper §5.3). Edits that pull a weight in different
+        directions on the same inputs interfere: each edit's change is felt by every other edit's inputs.
+
+        ``"least_squares"`` (MALMEN, Tan et al., ICLR 2024): the one ΔW [out, in] that best reproduces, on every
+        edit's own layer inputs, the change that edit alone would make. Per weight, with M key rows
+        (:attr:`keys`) put as columns K [in, M], and values V [out, M] whose column m is v_m = ΔW_b k_m for the
+        edit b = k_owner[m] that key belongs to,
+
+            ΔW = argmin_X ‖X K − V‖²_F + λ ‖X‖²_F = V Kᵀ (K Kᵀ + λ I)⁻¹.
+
+        K Kᵀ is only [in, in] (no [M, M] matrix is formed, so M may be tens of thousands); V is never formed
+        either: V Kᵀ = Σ_b ΔW_b K_b K_bᵀ = Σ_b deltaᵀ_b (U_b K_bᵀ) K_b from each edit's factors. We solve the
+        symmetric system (K Kᵀ + λ I) ΔWᵀ = (V Kᵀ)ᵀ with ``torch.linalg.solve`` in float64.
+
+        Why a ridge: with fewer linearly independent keys than input dimensions (few tokens, or keys that lie in
+        a low-dimensional subspace, as a layer's inputs often do) K Kᵀ is singular and the least-squares ΔW is
+        not unique; λ > 0 picks the smallest-norm one (ΔW is zero on directions no key visits) and keeps the
+        solve well conditioned. λ = ``ridge`` · trace(K Kᵀ) / in, i.e. ``ridge`` times the keys' mean squared
+        size per input dimension, so the same ``ridge`` means the same thing for any layer and any scale of its
+        inputs. Larger ridges shrink ΔW towards 0.
+
+        A check of the maths: with one edit whose keys are linearly independent and ridge → 0, ΔW K = ΔW_b K:
+        the edit's own effect on its keys is reproduced exactly, though not its full ΔW_b (ΔW = ΔW_b Π, Π the
+        projection onto the keys' span; only keys spanning all ``in`` dimensions give back ΔW_b itself).
+
+        The result has ``dense`` ΔW in each weight's layout ([in, out] for ``Conv1D``) plus the ``shared``
+        part once, and keeps the graph to the factors. Raises ``ValueError`` for an unknown method or, for
+        least squares, when a weight has no keys.
+        """
+        if method == "sum":
+            return self.merged()
+        if method != "least_squares":
+            raise ValueError(f"unknown aggregation {method!r}; choose one of {AGGREGATIONS}")
+        missing = [n for n in self.factors if n not in self.keys]
+        if missing:
+            raise ValueError(f"least squares needs the edits' keys; this EditSet was made without them "
+                             f"(no keys for {missing})")
+        if not ridge >= 0:
+            raise ValueError(f"ridge must be >= 0, got {ridge}")
+        padded = self.padded()
+        dense = {n: _least_squares(*padded[n], *self.keys[n], ridge, f.conv1d).to(f.delta.dtype)
+                 for n, f in self.factors.items()}
+        meta = dict(self.meta, aggregate=method, ridge=ridge)
+        edit = self._with_shared(Edit(dense=dense))
+        edit.meta = meta
+        return edit
+
     def padded(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Per weight ``(delta [B, R, out], u [B, R, in])``, zero-padded to the longest edit's R rows."""
-        out = {}
-        for n, f in self.factors.items():
-            owner = self.owner[n]
-            counts = torch.bincount(owner, minlength=self.size)
-            starts = torch.cumsum(counts, 0) - counts
-            pos = torch.arange(owner.numel(), device=owner.device) - starts[owner]
-            r = int(counts.max()) if owner.numel() else 0
-            d = f.delta.new_zeros(self.size, r, f.delta.shape[-1]).index_put((owner, pos), f.delta)
-            u = f.u.new_zeros(self.size, r, f.u.shape[-1]).index_put((owner, pos), f.u)
-            out[n] = (d, u)
-        return out
+        return {n: _pad_rows(self.owner[n], self.size, f.delta, f.u) for n, f in self.factors.items()}
 
     def forward(self, model: torch.nn.Module, enc: dict, index: torch.Tensor | None = None) -> torch.Tensor:
         """Logits where row b is computed with edit b applied, or with edit ``index[b]`` when given
@@ -257,3 +303,49 @@ class EditSet:
                 part = part[:, :e.get("decoder_input_ids", e["input_ids"]).shape[1]]
             out.append(part)
         return out
+
+
+AGGREGATIONS = ("sum", "least_squares")
+_CHUNK = 1 << 24  # float64 entries of one chunk's intermediate in _least_squares (128 MiB)
+
+
+def _pad_rows(owner: torch.Tensor, size: int, *rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Rows grouped by ``owner`` (each request's rows together, in request order) → [size, R, dim] each,
+    zero-padded to the longest group's R rows."""
+    counts = torch.bincount(owner, minlength=size)
+    starts = torch.cumsum(counts, 0) - counts
+    pos = torch.arange(owner.numel(), device=owner.device) - starts[owner]
+    r = int(counts.max()) if owner.numel() else 0
+    return tuple(x.new_zeros(size, r, x.shape[-1]).index_put((owner, pos), x) for x in rows)
+
+
+def _least_squares(delta: torch.Tensor, u: torch.Tensor, k: torch.Tensor, k_owner: torch.Tensor, ridge: float,
+                   conv1d: bool) -> torch.Tensor:
+    """ΔW = V Kᵀ (K Kᵀ + λI)⁻¹ (see :meth:`EditSet.aggregate`) in the weight's layout, float64.
+
+    ``delta`` [B, R, out] and ``u`` [B, R, in]: the padded factors, ΔW_b = delta_bᵀ u_b; ``k`` [M, in] the keys
+    and ``k_owner`` [M] their edits. (V Kᵀ)ᵀ = Σ_b P_bᵀ delta_b with P_b = u_b K_bᵀ K_b [R, in], computed per chunk
+    of edits through (u_b K_bᵀ) K_b ([M_b, R] per edit) or u_b (K_bᵀ K_b) ([in, in] per edit), whichever is
+    smaller, so no [M, M] matrix is formed."""
+    size, r, n_in = u.shape
+    if k.shape[-1] != n_in:
+        raise ValueError(f"keys have {k.shape[-1]} input dimensions, the edits' factors {n_in}")
+    d, u = delta.double(), u.double()
+    k, k_owner = k.to(u.device, torch.float64), k_owner.to(u.device)
+    order = torch.argsort(k_owner, stable=True)
+    k, k_owner = k[order], k_owner[order]
+    (kp,) = _pad_rows(k_owner, size, k)  # [B, M_b, in]
+    m = kp.shape[1]
+    through_coeff = m * r <= n_in * n_in
+    step = max(1, _CHUNK // max(1, min(m * r, n_in * n_in)))
+    rhs = d.new_zeros(n_in, d.shape[-1])  # (V Kᵀ)ᵀ [in, out]
+    for s in range(0, size, step):
+        ub, db, kb = u[s:s + step], d[s:s + step], kp[s:s + step]
+        p = (kb @ ub.mT).mT @ kb if through_coeff else ub @ (kb.mT @ kb)  # [b, R, in]
+        rhs = rhs + p.reshape(-1, n_in).T @ db.reshape(-1, d.shape[-1])
+    gram = k.T @ k  # K Kᵀ [in, in]
+    trace = float(gram.diagonal().sum())
+    lam = ridge * trace / n_in if trace > 0 else 1.0  # no key (or all zero): V = 0, any λ > 0 gives ΔW = 0
+    eye = torch.eye(n_in, dtype=gram.dtype, device=gram.device)
+    x = torch.linalg.solve(gram + lam * eye, rhs)  # ΔWᵀ [in, out]; singular only for ridge 0 and too few keys
+    return x if conv1d else x.T

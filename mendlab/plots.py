@@ -63,3 +63,36 @@ def ablations(frame, paper: dict | None = None):
     axes[0][-1].legend(title="variant", bbox_to_anchor=(1.02, 1), loc="upper left")
     fig.tight_layout()
     return fig
+
+
+def retention(frame, key: str = "es_rephrase"):
+    """Sequential editing in one figure. Left: the mean ``key`` over the edits made so far (solid) and the
+    drawdown (dashed, right axis) against the number of edits made, per editor (mean over seeds). Right: each
+    editor's retention matrix R[i, t] (edit i after t + 1 edits; blank above the diagonal) for its first
+    (model, task, seed). ``frame``: the long table of :func:`mendlab.experiments.sequential.run`."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    from mendlab.experiments.sequential import retention_matrix
+
+    algs = sorted(set(frame["alg"]), key=lambda a: ALG_ORDER.index(a) if a in ALG_ORDER else len(ALG_ORDER))
+    fig, axes = plt.subplots(1, 1 + len(algs), figsize=(5.5 + 3.8 * len(algs), 3.8), squeeze=False,
+                             gridspec_kw={"width_ratios": [1.4] + [1] * len(algs)})
+    ax, twin = axes[0][0], axes[0][0].twinx()
+    runs = ["alg", "model", "task", "seed"]
+    so_far = frame.groupby([*runs, "step"])[key].mean().groupby(["alg", "step"]).mean()
+    drawdown = frame.groupby([*runs, "step"])["drawdown"].first().groupby(["alg", "step"]).mean()
+    for alg, colour in zip(algs, sns.color_palette("tab10", len(algs)), strict=True):
+        ax.plot(so_far[alg].index + 1, so_far[alg].to_numpy(), color=colour, label=ALG_LABELS.get(alg, alg))
+        twin.plot(drawdown[alg].index + 1, drawdown[alg].to_numpy(), color=colour, linestyle="--")
+    ax.set(xlabel="edits made", ylabel=f"mean {key} of the edits so far (solid)", ylim=(-0.02, 1.02))
+    twin.set_ylabel("drawdown (dashed)")
+    ax.legend(title="editor", loc="lower left")
+    for hax, alg in zip(axes[0][1:], algs, strict=True):
+        mine = frame[frame["alg"] == alg]
+        first = (mine[runs[1:]] == mine[runs[1:]].iloc[0]).all(axis=1)
+        sns.heatmap(retention_matrix(mine[first], key), ax=hax, vmin=0, vmax=1, cmap="viridis",
+                    cbar=hax is axes[0][-1])
+        hax.set(title=f"{ALG_LABELS.get(alg, alg)}: {key}", xlabel="step t (after t + 1 edits)", ylabel="edit i")
+    fig.tight_layout()
+    return fig

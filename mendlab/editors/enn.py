@@ -201,7 +201,8 @@ class ENN(TrainableEditor):
         n = int(enc["input_ids"].shape[0])
         meta = {"editor": self.alg, "n_requests": n}
         if separate:
-            return EditSet(factors, {k: r.owner for k, r in rows.items()}, n, meta, shared)
+            return EditSet(factors, {k: r.owner for k, r in rows.items()}, n, meta, shared,
+                           {k: (r.u.detach(), r.owner) for k, r in rows.items()})
         edit = Edit(factors) + Edit(dense=shared) if shared else Edit(factors)
         edit.meta = meta
         return edit

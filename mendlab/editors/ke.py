@@ -248,7 +248,8 @@ class KE(TrainableEditor):
             order = torch.sort(owner, stable=True).indices  # EditSet wants each request's rows together
             factors[name], owners[name] = Factors(delta[order], u[order], conv), owner[order]
         meta = {"editor": self.alg, "n_requests": n}
-        return EditSet(factors, owners, n, meta)
+        keys = {k: (r.u.detach(), r.owner) for k, r in rows.items()}  # the raw layer inputs, without offset rows
+        return EditSet(factors, owners, n, meta, keys=keys)
 
     def param_groups(self, lr: float, lr_lr: float) -> list[dict]:
         """One group at ``lr`` (KE has no learned step sizes; ``lr_lr`` is unused)."""

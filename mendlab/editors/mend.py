@@ -88,7 +88,8 @@ class MEND(TrainableEditor):
         n = int(enc["input_ids"].shape[0])
         meta = {"editor": self.alg, "n_requests": n}
         if separate:
-            return EditSet(factors, {k: r.owner for k, r in rows.items()}, n, meta)
+            return EditSet(factors, {k: r.owner for k, r in rows.items()}, n, meta,
+                           keys={k: (r.u.detach(), r.owner) for k, r in rows.items()})
         return Edit(factors, meta=meta)
 
     def param_groups(self, lr: float, lr_lr: float) -> list[dict]:

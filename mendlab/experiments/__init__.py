@@ -7,10 +7,11 @@ sidecar (:mod:`~mendlab.experiments.report`).
 - :mod:`~mendlab.experiments.evaluate`: scoring an editor on held-out edits, one edit up close;
 - :mod:`~mendlab.experiments.compare`: the method comparison (paper Table 4);
 - :mod:`~mendlab.experiments.ablations`: the editor-network ablations (paper Table 6);
+- :mod:`~mendlab.experiments.sequential`: T edits one after another to one model (retention, drawdown);
 - :mod:`~mendlab.experiments.report`: results tables, row by row, with provenance.
 """
 
-from mendlab.experiments import ablations, report  # noqa: E402  (submodules, as experiments.ablations.ablate)
+from mendlab.experiments import ablations, report, sequential  # noqa: E402  (submodules)
 from mendlab.experiments.compare import DEFAULT_SETUPS, compare, compare_budget, editor_settings, summarize
 from mendlab.experiments.editors import (
                                          FT_LRS,
@@ -28,4 +29,5 @@ from mendlab.train import TrainConfig
 
 __all__ = ["DEFAULT_SETUPS", "FT_LRS", "NetConfig", "TrainConfig", "_task_key", "ablations", "compare",
            "compare_budget", "edit_report", "editor_for", "editor_path", "editor_settings", "evaluate_editor",
-           "ft_editor", "report", "summarize", "target_probability", "task_for", "train_editor", "world_of_run"]
+           "ft_editor", "report", "sequential", "summarize", "target_probability", "task_for", "train_editor",
+           "world_of_run"]
