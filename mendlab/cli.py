@@ -12,6 +12,9 @@ import sys
 import time
 from pathlib import Path
 
+from mendlab.editors import ALGS  # the parser's choices (building it imports the editors anyway)
+from mendlab.nets import VARIANTS
+
 
 def _emit(args, result: dict, human: str) -> None:
     print(human)
@@ -73,14 +76,6 @@ def cmd_zoo(args) -> None:
                            **_pairs(args.set, "--set"))
     card = zoo.build(name, seed=args.seed, progress=not args.json)
     _emit(args, {k: card[k] for k in keys}, zoo.card_line(card))
-
-
-def _editor_dir(path: str) -> tuple[Path, dict]:
-    """The saved editor folder (``DIR`` or ``DIR/best``) and its training card, if any."""
-    root = Path(path)
-    best = root / "best" if (root / "best").exists() else root
-    card_file = best.parent / "train_card.json"
-    return best, (json.loads(card_file.read_text()) if card_file.exists() else {})
 
 
 def cmd_train(args) -> None:
@@ -146,7 +141,10 @@ def _load_editor(args):
         editor, model, tok, card = experiments.train_editor(args.model, args.alg or "mend", seed=seed,
                                                             task=getattr(args, "task", None), progress=not args.json)
         return editor, model, tok, seed, card
-    best, card = _editor_dir(args.editor)
+    root = Path(args.editor)  # the saved editor folder (DIR or DIR/best) and its training card, if any
+    best = root / "best" if (root / "best").exists() else root
+    card_file = best.parent / "train_card.json"
+    card = json.loads(card_file.read_text()) if card_file.exists() else {}
     seed = args.seed if args.seed is not None else card.get("seed", 0)
     model, tok = zoo.load(args.model, seed=seed if args.model in zoo.names() else None, progress=not args.json)
     editor = load_editor(best, model)
@@ -177,8 +175,8 @@ def _run_table(args, default_setups, run, items: str, summarize, figure, **optio
 
     setups = [tuple(s.split(":", 1)) for s in args.setup] or list(default_setups)
     seeds = [int(s) for s in args.seeds.split(",")]
-    recorded = {k: getattr(args, k) for k in ("algs", "variants", "split", "n", "steps", "n_val", "world_seed", "T")
-                if hasattr(args, k)}
+    recorded = {k: getattr(args, k) for k in ("algs", "variants", "items", "ks", "train_k", "split", "n", "steps",
+                                              "n_val", "world_seed", "T") if hasattr(args, k)}
     table = report.ResultsTable(args.out, report.provenance(report.command_line(args.argv), profile(), seeds, setups=[
         ":".join(s) for s in setups], **recorded)) if args.out else None
     frame = run(setups, items.split(","), seeds, split=args.split, steps=args.steps, world_seed=args.world_seed,
@@ -212,6 +210,14 @@ def cmd_sequential(args) -> None:
     from mendlab.experiments import sequential
 
     _run_table(args, sequential.SETUPS, sequential.run, args.algs, sequential.summarize, plots.retention, T=args.T)
+
+
+def cmd_batch(args) -> None:
+    from mendlab import plots
+    from mendlab.experiments import batch
+
+    _run_table(args, batch.SETUPS, batch.run, args.items, batch.summarize, plots.batch, n=args.n,
+               ks=[int(k) for k in args.ks.split(",")], train_k=args.train_k)
 
 
 def cmd_edit(args) -> None:
@@ -288,8 +294,6 @@ def _add_zoo(sub) -> None:
 
 
 def _add_train(sub) -> None:
-    from mendlab.editors import ALGS
-
     t = _command(sub, "train", cmd_train, "train an editor for a model (cached by configuration)")
     t.add_argument("--model", default="tiny-gpt2", help="zoo name or local model folder")
     t.add_argument("--alg", default="mend", choices=ALGS, help="ft and ft_kl train nothing: their lr is swept on "
@@ -311,8 +315,6 @@ def _add_train(sub) -> None:
 
 
 def _add_eval(sub) -> None:
-    from mendlab.editors import ALGS
-
     e = _command(sub, "eval", cmd_eval, "evaluate a trained editor on held-out edits")
     e.add_argument("--model", default="tiny-gpt2")
     e.add_argument("--editor", default=None, help="folder written by `mendlab train` (default: the cached editor "
@@ -326,8 +328,6 @@ def _add_eval(sub) -> None:
 
 
 def _add_edit(sub) -> None:
-    from mendlab.editors import ALGS
-
     ed = _command(sub, "edit", cmd_edit, "edit one fact you type and show before/after")
     ed.add_argument("--model", default="tiny-gpt2")
     ed.add_argument("--editor", default=None)
@@ -340,8 +340,6 @@ def _add_edit(sub) -> None:
 
 
 def _add_compare(sub) -> None:
-    from mendlab.editors import ALGS
-
     c = _command(sub, "compare", cmd_compare, "MEND against FT, FT+KL, KE and ENN (paper Table 4)")
     _table_options(c, "tiny-bert:claim, tiny-bart:qa, tiny-gpt2:gen", "results/compare_ci.csv")
     c.add_argument("--algs", default=",".join(ALGS))
@@ -349,8 +347,6 @@ def _add_compare(sub) -> None:
 
 
 def _add_ablate(sub) -> None:
-    from mendlab.nets import VARIANTS
-
     a = _command(sub, "ablate", cmd_ablate, "MEND's editor-network ablations (paper Table 6)")
     _table_options(a, "tiny-gpt2:gen, tiny-bart:qa", "results/ablations.csv")
     a.add_argument("--variants", default=",".join(VARIANTS), help=f"among {','.join(VARIANTS)}")
@@ -361,6 +357,16 @@ def _add_sequential(sub) -> None:
     _table_options(q, "tiny-bart:qa", "results/sequential.csv", n=False)
     q.add_argument("--algs", default="mend,ft")
     q.add_argument("--T", type=int, default=100, help="edits in the sequence: the split's first T requests")
+
+
+def _add_batch(sub) -> None:
+    b = _command(sub, "batch", cmd_batch, "k edits at once as one edit, pooled or aggregated (paper Table 5)")
+    _table_options(b, "tiny-bart:qa", "results/batch.csv")
+    b.add_argument("--items", default="mend:sum,mend:least_squares,enn:sum,ft",
+                   help="ALG[:AGGREGATION], AGGREGATION sum or least_squares (none: the editor's pooled edit)")
+    b.add_argument("--ks", default="1,5,25,75,125", help="numbers of edits made at once")
+    b.add_argument("--train-k", default="1", choices=("1", "same"),
+                   help="1: editors trained on single edits; same: one editor per k, trained with k edits at once")
 
 
 def _add_demo(sub) -> None:
@@ -376,15 +382,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mendlab", description=__doc__.splitlines()[0])
     p.add_argument("--profile", choices=("ci", "full"), help="overrides $MENDLAB_PROFILE")
     sub = p.add_subparsers(dest="cmd", required=True)
-    _add_world(sub)
-    _add_zoo(sub)
-    _add_train(sub)
-    _add_eval(sub)
-    _add_edit(sub)
-    _add_compare(sub)
-    _add_ablate(sub)
-    _add_sequential(sub)
-    _add_demo(sub)
+    for add in (_add_world, _add_zoo, _add_train, _add_eval, _add_edit, _add_compare, _add_ablate, _add_sequential,
+                _add_batch, _add_demo):
+        add(sub)
     return p
 
 

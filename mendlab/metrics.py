@@ -8,7 +8,10 @@
 - ``kl``: the locality KL(pre ‖ post) on the panel (§5.4).
 
 Every request is edited on its own (``n_edits=1``) unless ``n_edits`` > 1, in which case requests are edited
-in groups of that size and each member is scored under the group's summed edit (batch editing, paper §5.3).
+in groups of that size and each member is scored under the group's one edit (batch editing, paper §5.3): by
+default the editor's pooled edit of the k requests (``editor.edit``: one loss over all their tokens), or, with
+``aggregate``, the k requests edited apart (``edit_many``) and combined by ``EditSet.aggregate`` (``"sum"``,
+``"least_squares"``).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import torch
 
 from mendlab import losses
 from mendlab.data import Collator, EditExample
+from mendlab.edit import AGGREGATIONS
 
 KEYS = ("es_edit", "es_rephrase", "es_heldout", "acc_dd", "ppl_dd", "kl", "n")
 
@@ -59,11 +63,18 @@ class _Panel:
 
 @torch.no_grad()
 def evaluate(editor, model, tokenizer, examples: Sequence[EditExample], panel: list[tuple[str, str]], *,
-             n_edits: int = 1, chunk: int = 16, max_length: int = 128, progress: bool = True,
-             return_rows: bool = False):
+             n_edits: int = 1, aggregate: str | None = None, chunk: int = 16, max_length: int = 128,
+             progress: bool = True, return_rows: bool = False):
     """Edit every example (alone, or in groups of ``n_edits``) and score it; returns a dict of the ``KEYS``
-    plus ``acc_pre``, ``acc_post``, ``ppl_pre``, ``ppl_post``, ``edit_ms`` (mean per request); with
-    ``return_rows`` also a per-request DataFrame. The model is never modified."""
+    plus ``acc_pre``, ``acc_post``, ``ppl_pre``, ``ppl_post``, ``n_edits``, ``aggregate``, ``edit_ms`` (mean per
+    request); with ``return_rows`` also a per-request DataFrame. The model is never modified.
+
+    A group of ``n_edits`` > 1 gets one edit: ``editor.edit`` of the k requests together (``aggregate=None``: a
+    pooled edit, one loss over all their tokens; FT fine-tunes on the k facts at once), or, with ``aggregate``
+    (one of :data:`mendlab.edit.AGGREGATIONS`) and an editor with ``edit_many``, ``edit_many(...).aggregate``:
+    each request edited alone, the k edits combined. An editor without ``edit_many`` (FT) always pools. The
+    result's ``aggregate`` is the aggregation used (None where none was).
+    """
     import pandas as pd
     from tqdm.auto import tqdm
 
@@ -74,8 +85,11 @@ def evaluate(editor, model, tokenizer, examples: Sequence[EditExample], panel: l
     def enc_of(pairs):
         return {k: v.to(device) for k, v in collator.encode(pairs, gen=gen).items()}
 
+    if aggregate is not None and aggregate not in AGGREGATIONS:
+        raise ValueError(f"unknown aggregation {aggregate!r}; choose one of {AGGREGATIONS} (or None: a pooled edit)")
     pan = _Panel(model, collator, panel)
     separate = n_edits == 1 and editor.batched  # many requests apart in one pass (an EditSet)
+    aggregate = aggregate if n_edits > 1 and editor.batched else None
     group = chunk if separate else n_edits
     rows, nll_post, tok_post, edit_s = [], 0.0, 0, 0.0
     for start in tqdm(range(0, len(examples), group), desc="evaluate", disable=not progress, mininterval=1.0):
@@ -87,6 +101,8 @@ def evaluate(editor, model, tokenizer, examples: Sequence[EditExample], panel: l
             edits = editor.edit_many(model, inner)
         elif n_edits == 1:
             edits = [editor.edit(model, enc_of([(e.prompt, e.target)])) for e in members]
+        elif aggregate is not None:  # the k requests edited apart, then combined into one edit
+            edits = editor.edit_many(model, inner).aggregate(aggregate)
         else:
             edits = editor.edit(model, inner)
         edit_s += time.perf_counter() - t0
@@ -99,7 +115,7 @@ def evaluate(editor, model, tokenizer, examples: Sequence[EditExample], panel: l
             rows.append({"prompt": e.prompt, "target": e.target, "subject": e.subject, "relation": e.relation,
                          **{k: float(v[b]) for k, v in scores.items()}, "acc_post": acc, "kl": pan.kl(post)})
     df = pd.DataFrame(rows)
-    result = _summary(df, pan, nll_post, tok_post, collator.kind, n_edits, edit_s)
+    result = _summary(df, pan, nll_post, tok_post, collator.kind, n_edits, edit_s, aggregate)
     return (result, df) if return_rows else result
 
 
@@ -141,7 +157,8 @@ def _edit_scores(kind: str, run, inner: dict, members: list[EditExample], enc_of
     return scores
 
 
-def _summary(df, pan: _Panel, nll_post: float, tok_post: int, kind: str, n_edits: int, edit_s: float) -> dict:
+def _summary(df, pan: _Panel, nll_post: float, tok_post: int, kind: str, n_edits: int, edit_s: float,
+             aggregate: str | None = None) -> dict:
     ppl_pre = math.exp(pan.nll_pre / max(pan.tokens, 1))
     ppl_post = math.exp(nll_post / max(tok_post, 1))
     return {
@@ -152,7 +169,7 @@ def _summary(df, pan: _Panel, nll_post: float, tok_post: int, kind: str, n_edits
         "acc_dd": None if pan.lm else pan.acc_pre - float(df["acc_post"].mean()),
         "ppl_pre": ppl_pre, "ppl_post": ppl_post,
         "ppl_dd": None if kind == "classifier" else ppl_post - ppl_pre,
-        "kl": float(df["kl"].mean()), "n": len(df), "n_edits": n_edits,
+        "kl": float(df["kl"].mean()), "n": len(df), "n_edits": n_edits, "aggregate": aggregate,
         "edit_ms": 1000 * edit_s / max(len(df), 1),
     }
 

@@ -96,3 +96,47 @@ def retention(frame, key: str = "es_rephrase"):
         hax.set(title=f"{ALG_LABELS.get(alg, alg)}: {key}", xlabel="step t (after t + 1 edits)", ylabel="edit i")
     fig.tight_layout()
     return fig
+
+
+def batch(frame, paper: dict | None = None):
+    """Batch editing against k, the number of edits made at once (log axis). Left: edit success on x'_e; right:
+    drawdown. One line per editor item (and per setup where the frame has several; linestyle), the mean over
+    seeds with the seeds' standard deviation as error bars; ``paper`` ({alg: {k: (ES, drawdown)}}, default
+    Table 5's MEND and ENN) adds the paper's figures as hollow squares, coloured as the first item of that alg
+    (grey without one). ``frame``: the long table of :func:`mendlab.experiments.batch.run`."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    from mendlab.experiments.batch import PAPER_TABLE5
+
+    paper = PAPER_TABLE5 if paper is None else paper
+    items = list(dict.fromkeys(frame["editor"]))
+    colours = dict(zip(items, sns.color_palette("tab10", len(items)), strict=True))
+    setups = list(dict.fromkeys(zip(frame["model"], frame["task"], strict=True)))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for (model, task, item), g in frame.groupby(["model", "task", "editor"], sort=False):
+        stats = g.groupby("k")[["es_rephrase", "drawdown"]].agg(["mean", "std"]).sort_index()
+        label = item if len(setups) == 1 else f"{item} ({model}:{task})"
+        style = ("-", "--", ":", "-.")[setups.index((model, task)) % 4]
+        for ax, key in zip(axes, ("es_rephrase", "drawdown"), strict=True):
+            ax.errorbar(stats.index, stats[(key, "mean")], yerr=stats[(key, "std")].fillna(0.0), marker="o",
+                        linestyle=style, color=colours[item], label=label, capsize=3)
+    for alg, figures in paper.items():
+        colour = next((colours[i] for i in items if i.partition(":")[0] == alg), "grey")
+        label = f"paper {ALG_LABELS.get(alg, alg)} (Table 5)"
+        for ax, j in zip(axes, (0, 1), strict=True):
+            points = sorted((k, v[j]) for k, v in figures.items() if v[j] is not None)
+            if points:
+                ax.scatter(*zip(*points, strict=True), marker="s", s=60, facecolors="none", edgecolors=colour,
+                           label=label)
+    ks = sorted(set(frame["k"]) | {k for figures in paper.values() for k in figures})
+    for ax, ylabel in zip(axes, ("edit success on x'_e (higher is better)", "drawdown (lower is better)"),
+                          strict=True):
+        ax.set(xscale="log", xlabel="edits made at once, k", ylabel=ylabel)
+        ax.set_xticks(ks, [str(k) for k in ks])
+        ax.minorticks_off()
+    axes[0].set(ylim=(-0.02, 1.02), title="filled = measured, hollow = paper Table 5")
+    axes[1].legend(*axes[0].get_legend_handles_labels(), title="editor", bbox_to_anchor=(1.02, 1),
+                   loc="upper left")
+    fig.tight_layout()
+    return fig

@@ -24,6 +24,7 @@ import torch
 
 from mendlab import losses
 from mendlab.data import Collator, EditExample
+from mendlab.edit import AGGREGATIONS, EditSet, Factors
 
 
 class NonFiniteTrainingError(RuntimeError):
@@ -43,6 +44,8 @@ class TrainConfig:
     ``locality_same_relation``: the probability that a resampled x_loc is a fact of the edit's *own* relation
     about another subject (0: any training request, as the official sampler draws it).
     All of these only affect training; validation uses the requests as given.
+    ``batch_edits`` = k > 1: each request is scored under its group of k's edits combined into one by
+    ``EditSet.aggregate(aggregate)`` (paper Table 5's "trained with k simultaneous edits"; validation too).
     """
 
     steps: int = 2000
@@ -67,6 +70,8 @@ class TrainConfig:
     resample_target: bool = False
     locality_same_relation: float = 0.0
     schedule: str = "constant"  # or "cosine": both learning rates decay to 0 at ``steps`` (the official: constant)
+    batch_edits: int = 1  # k requests per edit in training (k > 1: aggregated by ``aggregate``, see above)
+    aggregate: str = "sum"  # how a group's k edits become one: one of mendlab.edit.AGGREGATIONS
 
     @classmethod
     def for_profile(cls, name: str | None = None, **overrides) -> TrainConfig:
@@ -108,14 +113,19 @@ def _autocast(cfg: TrainConfig):
 
 def edit_step(editor, model, batch, cfg: TrainConfig) -> dict[str, torch.Tensor]:
     """Losses of one micro-batch, in the official ``trainer.py`` order: pre-edit logits on x_loc, the edits,
-    post-edit NLL on x'_e and KL on x_loc. Each request is edited alone; returns ``loss``, ``l_edit``, ``l_loc``,
-    ``es``. The editor's ``aux_loss(model, batch, pre_loc_logits)`` is added to ``loss``."""
+    post-edit NLL on x'_e and KL on x_loc. Each request is edited alone and scored under its own edit or, with
+    ``cfg.batch_edits`` = k > 1, under the aggregated edit of its group of k (rows in batch order; a partial last
+    validation batch ends in a smaller group). Returns ``loss``, ``l_edit``, ``l_loc``, ``es``, means over the
+    requests; the editor's ``aux_loss(model, batch, pre_loc_logits)`` is added to ``loss``."""
     kind = editor.kind
     with torch.no_grad(), _autocast(cfg):
         pre = losses.forward(model, batch.loc)
     with _autocast(cfg):
         edits = editor.edit_many(model, batch.edit_inner)
-        post_outer, post_loc = edits.forward_many(model, [batch.edit_outer, batch.loc])
+        if cfg.batch_edits == 1:
+            post_outer, post_loc = edits.forward_many(model, [batch.edit_outer, batch.loc])
+        else:
+            post_outer, post_loc = _grouped(edits, model, [batch.edit_outer, batch.loc], cfg)
     labels = batch.edit_outer["labels"]
     l_edit = losses.nll_per_example(kind, post_outer, labels).mean()
     l_loc = losses.kl_loc(kind, pre, post_loc, batch.loc)
@@ -124,6 +134,33 @@ def edit_step(editor, model, batch, cfg: TrainConfig) -> dict[str, torch.Tensor]
     with _autocast(cfg):  # e.g. ENN's distillation term on its own trained copy of the base weights
         loss = loss + editor.aux_loss(model, batch, pre)
     return {"loss": loss, "l_edit": l_edit, "l_loc": l_loc, "es": es}
+
+
+def check_batching(cfg: TrainConfig) -> None:
+    """A clear ``ValueError`` unless ``batch_edits`` ≥ 1 divides ``edits_per_step`` and ``aggregate`` is known."""
+    if not (isinstance(cfg.batch_edits, int) and cfg.batch_edits >= 1) or cfg.edits_per_step % cfg.batch_edits:
+        raise ValueError(f"batch_edits ({cfg.batch_edits!r}) must be a positive integer that divides edits_per_step "
+                         f"({cfg.edits_per_step}): each micro-step's requests are edited in groups of batch_edits")
+    if cfg.aggregate not in AGGREGATIONS:
+        raise ValueError(f"unknown aggregate {cfg.aggregate!r}; choose one of {AGGREGATIONS}")
+
+
+def _grouped(edits: EditSet, model, encs: list[dict], cfg: TrainConfig) -> list[torch.Tensor]:
+    """The logits of each of ``encs`` (one row per request), row b under the edit of b's group: requests
+    ``lo`` … ``lo + k − 1`` (k = ``cfg.batch_edits``), their edits aggregated by ``cfg.aggregate``."""
+    check_batching(cfg)
+    outs: list[list[torch.Tensor]] = [[] for _ in encs]
+    for lo in range(0, len(edits), cfg.batch_edits):
+        hi = min(lo + cfg.batch_edits, len(edits))  # the group's edits, renumbered from 0 (graph kept)
+        keep = {n: (o >= lo) & (o < hi) for n, o in edits.owner.items()}
+        kept = {n: (o >= lo) & (o < hi) for n, (_, o) in edits.keys.items()}
+        group = EditSet({n: Factors(f.delta[keep[n]], f.u[keep[n]], f.conv1d) for n, f in edits.factors.items()},
+                        {n: o[keep[n]] - lo for n, o in edits.owner.items()}, hi - lo, dict(edits.meta),
+                        dict(edits.shared), {n: (k[kept[n]], o[kept[n]] - lo) for n, (k, o) in edits.keys.items()})
+        edit = group.aggregate(cfg.aggregate)
+        for out, enc in zip(outs, encs, strict=True):
+            out.append(edit.forward(model, {key: v[lo:hi] for key, v in enc.items()}))
+    return [torch.cat(out) for out in outs]
 
 
 def validate(editor, model, batches: list, cfg: TrainConfig) -> dict[str, float]:
@@ -206,6 +243,7 @@ def train(editor, model, tokenizer, train_set: list[EditExample], val_set: list[
         raise ValueError(f"locality_same_relation is a probability, got {cfg.locality_same_relation}")
     if cfg.schedule not in ("constant", "cosine"):
         raise ValueError(f"schedule must be 'constant' or 'cosine', got {cfg.schedule!r}")
+    check_batching(cfg)
     run = _Run(editor, model, tokenizer, train_set, val_set, cfg, out)
     if resume and run.ckpt is not None and run.ckpt.exists():
         run.resume()

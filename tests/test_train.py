@@ -151,10 +151,19 @@ def test_later_options_enter_the_cache_key_only_when_set(tmp_path, monkeypatch):
     monkeypatch.setenv("MENDLAB_CACHE", str(tmp_path))
     cfg = TrainConfig.for_profile("ci")
     path = experiments.editor_path("some/local-model", train_config=cfg, prof="ci")
-    old = {k: v for k, v in asdict(cfg).items() if k != "locality_same_relation"}  # the key before the option
+    later = ("locality_same_relation", "batch_edits", "aggregate")
+    old = {k: v for k, v in asdict(cfg).items() if k not in later}  # the key before these options
     key = {"model": "some/local-model", "alg": "mend", "variant": "mend", "task": None, "train": old,
            **experiments._task_key(None), "net": asdict(experiments.NetConfig())}
     assert path.name == f"local-model-mend-mend-{config_hash(key)}"
-    other = experiments.editor_path("some/local-model", train_config=replace(cfg, locality_same_relation=0.5),
-                                    prof="ci")
-    assert other != path
+    others = [experiments.editor_path("some/local-model", train_config=replace(cfg, **change), prof="ci")
+              for change in ({"locality_same_relation": 0.5}, {"batch_edits": 5}, {"aggregate": "least_squares"})]
+    assert len({path, *others}) == 4
+
+
+def test_only_generation_editors_key_on_the_target_sampler():
+    from mendlab import experiments
+
+    # None is a model's default task (QA or claims), never generation: its editors keep their cache folders
+    assert experiments._task_key(None) == experiments._task_key("qa") == experiments._task_key("claim")
+    assert experiments._task_key("gen")["gen_targets"] != experiments._task_key("qa")["gen_targets"]

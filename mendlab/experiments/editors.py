@@ -23,7 +23,8 @@ FT_LRS = (1e-5, 1e-4, 1e-3, 1e-2)
 
 def _task_key(task: str | None) -> dict:
     """What of the task data enters an editor's cache key: the variants, and for generation the sampler."""
-    targets = asdict(selfsample.SampleConfig()) if task in (None, "gen") else "self-sampled"
+    # None is a model's default task, never generation (tasks.DEFAULT_TASK)
+    targets = asdict(selfsample.SampleConfig()) if task == "gen" else "self-sampled"
     return {**asdict(settings().tasks), "gen_targets": targets}
 
 
@@ -40,7 +41,7 @@ def task_for(model_name: str, model, tok, task: str | None = None, seed: int | N
 
 # TrainConfig options added after editors were first cached: in the cache key only when set, so that the
 # editors trained before them keep their folders.
-_LATER_OPTIONS = {"locality_same_relation": 0.0}
+_LATER_OPTIONS = {"locality_same_relation": 0.0, "batch_edits": 1, "aggregate": "sum"}
 
 
 def world_of_run(seed: int, world_seed: int | None) -> int:
@@ -161,15 +162,18 @@ def ft_editor(model_name: str = "tiny-gpt2", alg: str = "ft", seed: int = 0, tas
 
 
 def editor_for(model_name: str, alg: str, seed: int = 0, task: str | None = None, *, steps: int | None = None,
-               n_val: int = 48, world_seed: int | None = None, variant: str = "mend", progress: bool = False):
+               n_val: int = 48, world_seed: int | None = None, variant: str = "mend", progress: bool = False,
+               train_overrides: dict | None = None):
     """(editor, model, tokenizer, card) for any alg as the comparison runs it: trained editors with the profile's
-    TrainConfig (``steps`` overriding its length) plus the editor's ``train_overrides``, FT and
-    FT+KL with their lr swept on ``n_val`` validation requests. ``variant``: a MEND ablation (``NetConfig``).
-    Cached like :func:`train_editor`."""
+    TrainConfig (``steps`` overriding its length) plus the editor's ``train_overrides`` and then ``train_overrides``
+    (``TrainConfig`` fields, e.g. ``{"batch_edits": 5}``), FT and FT+KL with their lr swept on ``n_val``
+    validation requests (they train nothing: ``train_overrides`` is ignored). ``variant``: a MEND ablation
+    (``NetConfig``). Cached like :func:`train_editor`."""
     cls = editor_class(alg)
     if not cls.trainable:
         return ft_editor(model_name, alg, seed, task, n_val=n_val, progress=progress, world_seed=world_seed)
-    cfg = TrainConfig.for_profile(seed=seed, **cls.train_overrides(task), **({"steps": steps} if steps else {}))
+    overrides = {**cls.train_overrides(task), **({"steps": steps} if steps else {}), **(train_overrides or {})}
+    cfg = TrainConfig.for_profile(seed=seed, **overrides)
     return train_editor(model_name, alg, variant, seed=seed, task=task, train_config=cfg, progress=progress,
                         world_seed=world_seed)
 

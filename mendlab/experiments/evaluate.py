@@ -9,13 +9,14 @@ from mendlab.experiments.editors import task_for
 
 
 def evaluate_editor(editor, model, tok, model_name: str, *, seed: int = 0, task: str | None = None,
-                    split: str = "test", n: int | None = None, n_edits: int = 1, progress: bool = True,
-                    return_rows: bool = False):
-    """``metrics.evaluate`` on the held-out split of the model's world (test subjects never seen in training)."""
+                    split: str = "test", n: int | None = None, n_edits: int = 1, aggregate: str | None = None,
+                    progress: bool = True, return_rows: bool = False):
+    """``metrics.evaluate`` on the held-out split of the model's world (test subjects never seen in training);
+    ``n_edits`` and ``aggregate``: batch editing, see :func:`mendlab.metrics.evaluate`."""
     t = task_for(model_name, model, tok, task, seed, progress=progress)
     examples = t.split(split)[:n] if n else t.split(split)
-    return metrics.evaluate(editor, model, tok, examples, t.panel, n_edits=n_edits, progress=progress,
-                            return_rows=return_rows)
+    return metrics.evaluate(editor, model, tok, examples, t.panel, n_edits=n_edits, aggregate=aggregate,
+                            progress=progress, return_rows=return_rows)
 
 
 def target_probability(model, tok, prompt: str, target: str, edit=None) -> float:
