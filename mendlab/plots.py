@@ -69,7 +69,8 @@ def retention(frame, key: str = "es_rephrase"):
     """Sequential editing in one figure. Left: the mean ``key`` over the edits made so far (solid) and the
     drawdown (dashed, right axis) against the number of edits made, per editor (mean over seeds). Right: each
     editor's retention matrix R[i, t] (edit i after t + 1 edits; blank below the diagonal, where edit i is not
-    made yet) for its first (model, task, seed). ``frame``: the long table of :func:`mendlab.experiments.sequential.run`."""
+    made yet) for its first (model, task, seed). ``frame``: the long table of
+    :func:`mendlab.experiments.sequential.run`."""
     import matplotlib.pyplot as plt
     import seaborn as sns
 
