@@ -12,7 +12,7 @@ from mendlab.experiments import report
 def test_rows_land_as_they_come_and_the_sidecar_says_how(tmp_path):
     path = tmp_path / "results" / "t.csv"
     table = report.ResultsTable(path, report.provenance("mendlab compare --seeds 0", "ci", [0], algs="mend"))
-    side = json.loads(path.with_suffix(".json").read_text())
+    side = json.loads(report.sidecar_of(path).read_text())
     assert side["complete"] is False and side["rows"] == 0 and side["command"] == "mendlab compare --seeds 0"
     table.add({"alg": "mend", "es": 0.5, "dd": None})
     frame, side = report.load(path)

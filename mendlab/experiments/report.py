@@ -1,7 +1,7 @@
 """Results tables: CSV files written row by row, each with a provenance sidecar, and their figures.
 
 Every table under ``results/`` is written by a ``mendlab`` command through :class:`ResultsTable`: a run cut short
-keeps the rows it finished, and the sidecar ``<name>.json`` says how the rows were made (command,
+keeps the rows it finished, and the sidecar ``<name>.csv.json`` says how the rows were made (command,
 commit, profile, seeds, wall time, library versions) and whether the run completed.
 """
 
@@ -48,8 +48,14 @@ def command_line(argv: list[str] | None = None) -> str:
     return " ".join([head, *map(shlex.quote, argv[1:])])
 
 
+def sidecar_of(table: str | Path) -> Path:
+    """Where a table's provenance lives: the table's own file name plus ``.json`` (``batch_qa.csv.json``)."""
+    table = Path(table)
+    return table.with_name(table.name + ".json")
+
+
 class ResultsTable:
-    """A CSV written one row at a time, with ``<stem>.json`` (its provenance) beside it.
+    """A CSV written one row at a time, with ``<name>.csv.json`` (its provenance) beside it.
 
     The columns are fixed by the first row; the sidecar is rewritten after every row (``complete: false``) and
     once more by :meth:`close` (``complete: true`` and the wall time), so a cut run still says what it holds.
@@ -60,7 +66,7 @@ class ResultsTable:
         if self.path.suffix != ".csv":
             raise ValueError(f"a results table is a .csv file, got {self.path}")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.sidecar = self.path.with_suffix(".json")
+        self.sidecar = sidecar_of(self.path)
         self.meta = dict(meta)
         self.columns: list[str] | None = None
         self.rows = 0
@@ -107,7 +113,7 @@ def load(path: str | Path):
     path = Path(path)
     if path.suffix != ".csv" and len(path.parts) == 1:
         path = RESULTS / f"{path.name}.csv"
-    sidecar = path.with_suffix(".json")
+    sidecar = sidecar_of(path)
     if not sidecar.exists():
         raise FileNotFoundError(f"{path} has no provenance sidecar {sidecar.name}: tables under results/ are "
                                 "written only by mendlab commands")
