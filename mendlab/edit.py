@@ -103,10 +103,10 @@ class Edit:
         """Logits of the edited model on ``enc`` without modifying ``model``."""
         return _forward(model, enc, self.params(model))
 
-    @contextmanager
-    def applied(self, model: torch.nn.Module) -> Iterator[torch.nn.Module]:
-        """Add ΔW to the weights in place; on exit (normal or exception) copy the saved originals back, so every
-        weight is restored bit for bit. Only the edited weights are saved, never the whole model."""
+    def apply_(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """Add ΔW to the weights in place and return copies of the edited weights as they were, for
+        :func:`restore` (only the edited weights, never the whole model). Stacked edits revert bit for bit when
+        restored in reverse order. If adding fails part way, what was changed is restored before raising."""
         weights = dict(model.named_parameters())
         saved = {}
         try:
@@ -115,11 +115,20 @@ class Edit:
                     w = weights[name]
                     saved[name] = w.detach().clone()
                     w.add_(self.delta(name).detach().to(w.dtype))
+        except BaseException:
+            restore(model, saved)
+            raise
+        return saved
+
+    @contextmanager
+    def applied(self, model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+        """Add ΔW to the weights in place; on exit (normal or exception) copy the saved originals back, so every
+        weight is restored bit for bit. Only the edited weights are saved, never the whole model."""
+        saved = self.apply_(model)
+        try:
             yield model
         finally:
-            with torch.no_grad():
-                for name, original in saved.items():
-                    weights[name].copy_(original)
+            restore(model, saved)
 
     # -- inspecting it -------------------------------------------------------------------------------------
     def summary(self, model: torch.nn.Module | None = None):
@@ -169,6 +178,14 @@ class Edit:
                        for n, conv1d in layout["factors"].items()}
             dense = {n: f.get_tensor(f"{n}.dense") for n in layout["dense"]}
         return cls(factors, dense, json.loads(meta.get("meta", "{}")))
+
+
+def restore(model: torch.nn.Module, saved: dict[str, torch.Tensor]) -> None:
+    """Copy weights saved by :meth:`Edit.apply_` back into ``model``, bit for bit."""
+    weights = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, original in saved.items():
+            weights[name].copy_(original)
 
 
 @dataclass

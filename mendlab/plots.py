@@ -141,3 +141,26 @@ def batch(frame, paper: dict | None = None):
                    loc="upper left")
     fig.tight_layout()
     return fig
+
+
+def playground_bars(results):
+    """p(expected) before and after a playground change, one panel per result (an edit, or two compared): the
+    prompt and its rephrasings should rise to the target, unrelated facts keep their own answer's p."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, axes = plt.subplots(1, len(results), figsize=(5.2 * len(results), 2.8), squeeze=False)
+    for ax, result in zip(axes[0], results, strict=True):
+        count: dict = {}
+        labels = [{"edit": "prompt", "rephrase": "rephr.", "unrelated": "unrel."}[c.role]
+                  + f" {count.setdefault(c.role, []).append(c) or len(count[c.role])}" for c in result.rows]
+        x = np.arange(len(result.rows))
+        ax.bar(x - 0.2, [c.p_before for c in result.rows], 0.4, label="before", color="#9e9e9e")
+        ax.bar(x + 0.2, [c.p_after for c in result.rows], 0.4, label="after", color="#1f77b4")
+        ax.set_xticks(x, labels, rotation=45, ha="right", fontsize=8)
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("p(expected answer)")
+        ax.set_title(result.editor, fontsize=10)
+    axes[0][-1].legend(fontsize=8)
+    fig.tight_layout()
+    return fig

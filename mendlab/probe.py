@@ -17,8 +17,9 @@ from mendlab.world import N_TEMPLATES, World
 
 
 @torch.no_grad()
-def answer(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 4) -> list[str]:
-    """Greedy one-word answers to ``prompts``; for a classifier, ``SUPPORTS``/``REFUTES``."""
+def answer(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 4, words: int = 1) -> list[str]:
+    """Greedy answers of ``words`` words (one by default) to ``prompts``; for a classifier,
+    ``SUPPORTS``/``REFUTES``."""
     model.eval()
     kind = get_family(model).kind
     out = []
@@ -30,9 +31,9 @@ def answer(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 4) ->
         ids = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                              pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
         new = ids[0] if kind == "seq2seq" else ids[0, enc["input_ids"].shape[1]:]
-        words = tokenizer.decode(new, skip_special_tokens=True).split()
+        new_words = tokenizer.decode(new, skip_special_tokens=True).split()
         # world answers are one word; a decoder trained without an end marker runs on after it
-        out.append(words[0].strip(".?,") if words else "")
+        out.append(" ".join(w.strip(".?,") for w in new_words[:words]))
     return out
 
 
