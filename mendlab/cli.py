@@ -12,14 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+from mendlab.cli_tables import ADD_TABLE_COMMANDS, command, emit
 from mendlab.editors import ALGS  # the parser's choices (building it imports the editors anyway)
-from mendlab.nets import VARIANTS
-
-
-def _emit(args, result: dict, human: str) -> None:
-    print(human)
-    if args.json:
-        print(json.dumps(result, default=str))
 
 
 def _setup(args) -> None:
@@ -42,7 +36,7 @@ def cmd_world(args) -> None:
     lines = [f"world seed {args.seed}: {result['n_subjects']} subjects × {result['n_relations']} relations "
              f"= {result['n_facts']} facts; subjects per split {result['subjects_per_split']}"]
     lines += [f"  {k:16s} {v}" for k, v in result["files"].items()]
-    _emit(args, result, "\n".join(lines))
+    emit(args, result, "\n".join(lines))
 
 
 def cmd_zoo(args) -> None:
@@ -58,7 +52,7 @@ def cmd_zoo(args) -> None:
                          "params": card and card["params"], "path": str(zoo.cache_path(s))})
         human = "\n".join(f"{r['name']:12s} {r['model_type']:8s} {'built' if r['built'] else 'not built'}"
                           f"  {r['path']}" for r in rows)
-        _emit(args, {"models": rows}, human)
+        emit(args, {"models": rows}, human)
         return
     if (args.name is None) == (not args.all):
         raise ValueError("mendlab zoo build: give one model NAME or --all, not both or neither")
@@ -68,14 +62,14 @@ def cmd_zoo(args) -> None:
             "build_seconds")
     if args.all:
         cards = [zoo.build(name, seed=args.seed, progress=not args.json) for name in zoo.names()]
-        _emit(args, {"models": [{k: c[k] for k in keys} for c in cards]}, "\n".join(map(zoo.card_line, cards)))
+        emit(args, {"models": [{k: c[k] for k in keys} for c in cards]}, "\n".join(map(zoo.card_line, cards)))
         return
     name = args.name
     if args.config or args.set:
         name = zoo.variant(args.name, seed=args.seed, config=_pairs(args.config, "--config"),
                            **_pairs(args.set, "--set"))
     card = zoo.build(name, seed=args.seed, progress=not args.json)
-    _emit(args, {k: card[k] for k in keys}, zoo.card_line(card))
+    emit(args, {k: card[k] for k in keys}, zoo.card_line(card))
 
 
 def cmd_train(args) -> None:
@@ -95,14 +89,14 @@ def cmd_train(args) -> None:
     if "lr" in card:  # FT / FT+KL: nothing trained, an lr chosen on validation edits
         sweep = "\n".join(f"  lr {r['lr']:g}: es_edit {r['es_edit']:.3f}, es_rephrase {r['es_rephrase']:.3f}"
                           for r in card["sweep"])
-        _emit(args, card, f"{card['alg']} for {card['model']} (seed {card['seed']}): lr {card['lr']:g} chosen on "
+        emit(args, card, f"{card['alg']} for {card['model']} (seed {card['seed']}): lr {card['lr']:g} chosen on "
                           f"validation edits{' (cached)' if card['cached'] else ''}\n{sweep}")
         return
     human = (f"{card['alg']} editor for {card['model']} ({card['variant']}, seed {card['seed']}): "
              f"{'cached' if card['cached'] else 'trained'} in {card['seconds']} s, {card['steps']} steps, "
              f"best validation loss {card['best_val']} at step {card['best_step']} ({card['stopped']})\n"
              f"saved to {card['path']}")
-    _emit(args, card, human)
+    emit(args, card, human)
 
 
 def _pairs(pairs, option: str) -> dict:
@@ -162,62 +156,7 @@ def cmd_eval(args) -> None:
                                          split=args.split, n=args.n, n_edits=args.n_edits, progress=not args.json)
     result = {**metrics.rounded(result, 4), "model": args.model, "alg": editor.alg, "seed": seed,
               "task": card.get("task"), "split": args.split, "seconds": round(time.perf_counter() - t0, 1)}
-    _emit(args, result, "\n".join(f"{k:12s} {v}" for k, v in result.items()))
-
-
-def _run_table(args, default_setups, run, items: str, summarize, figure, **options) -> None:
-    """Run ``run(setups, items, seeds, **options)`` (a runner of :mod:`mendlab.experiments`; ``items``: algs or
-    variants) with the shared options, writing ``--out`` row by row with provenance and ``--figure``; print it."""
-    import pandas as pd
-
-    from mendlab.config import profile
-    from mendlab.experiments import report
-
-    setups = [tuple(s.split(":", 1)) for s in args.setup] or list(default_setups)
-    seeds = [int(s) for s in args.seeds.split(",")]
-    recorded = {k: getattr(args, k) for k in ("algs", "variants", "items", "ks", "train_k", "split", "n", "steps",
-                                              "n_val", "world_seed", "T") if hasattr(args, k)}
-    table = report.ResultsTable(args.out, report.provenance(report.command_line(args.argv), profile(), seeds, setups=[
-        ":".join(s) for s in setups], **recorded)) if args.out else None
-    frame = run(setups, items.split(","), seeds, split=args.split, steps=args.steps, world_seed=args.world_seed,
-                progress=not args.json, on_row=table.add if table is not None else None, **options)
-    if table is not None:
-        table.close()
-        if args.figure:
-            figure(frame).savefig(args.figure, dpi=120, bbox_inches="tight")
-    with pd.option_context("display.width", 200):
-        human = summarize(frame).to_string()
-    _emit(args, {"rows": frame.round(5).to_dict(orient="records")}, human)
-
-
-def cmd_compare(args) -> None:
-    from mendlab import experiments, plots
-
-    _run_table(args, experiments.DEFAULT_SETUPS, experiments.compare, args.algs, experiments.summarize,
-               plots.compare, n=args.n, n_val=args.n_val)
-
-
-def cmd_ablate(args) -> None:
-    from mendlab import plots
-    from mendlab.experiments import ablations
-
-    _run_table(args, ablations.ABLATION_SETUPS, ablations.ablate, args.variants, ablations.summarize,
-               plots.ablations, n=args.n)
-
-
-def cmd_sequential(args) -> None:
-    from mendlab import plots
-    from mendlab.experiments import sequential
-
-    _run_table(args, sequential.SETUPS, sequential.run, args.algs, sequential.summarize, plots.retention, T=args.T)
-
-
-def cmd_batch(args) -> None:
-    from mendlab import plots
-    from mendlab.experiments import batch
-
-    _run_table(args, batch.SETUPS, batch.run, args.items, batch.summarize, plots.batch, n=args.n,
-               ks=[int(k) for k in args.ks.split(",")], train_k=args.train_k)
+    emit(args, result, "\n".join(f"{k:12s} {v}" for k, v in result.items()))
 
 
 def cmd_edit(args) -> None:
@@ -233,7 +172,7 @@ def cmd_edit(args) -> None:
     _, df = experiments.edit_report(editor, model, tok, args.prompt, args.target, args.rephrase, unrelated)
     with pd.option_context("display.width", 160, "display.max_colwidth", 50):
         human = df.round(4).to_string(index=False)
-    _emit(args, {"rows": df.round(6).to_dict(orient="records")}, human)
+    emit(args, {"rows": df.round(6).to_dict(orient="records")}, human)
 
 
 def cmd_demo(args) -> None:
@@ -241,34 +180,11 @@ def cmd_demo(args) -> None:
 
     result, lines = demo(args.model, args.seed or 0, subjects=args.subjects, edits=args.edits, n=args.n,
                          progress=not args.json)
-    _emit(args, result, "\n".join(lines))
-
-
-def _table_options(p: argparse.ArgumentParser, default_setups: str, example_out: str, n: bool = True) -> None:
-    """The options every results-table command shares (``n``: with ``--n``)."""
-    p.add_argument("--setup", action="append", default=[], help=f"MODEL:TASK (repeatable; default: {default_setups})")
-    p.add_argument("--seeds", default="0,1,2")
-    if n:
-        p.add_argument("--n", type=int, default=None, help="evaluate only the first N requests")
-    p.add_argument("--steps", type=int, default=None, help="training steps of trained editors (default: profile)")
-    p.add_argument("--world-seed", type=int, default=None,
-                   help="one world and base model for every seed (the seeds then vary only the editors)")
-    p.add_argument("--split", default="test", choices=("val", "test"))
-    p.add_argument("--out", default=None, help=f"also write the rows as CSV, row by row, with a provenance sidecar "
-                                               f"(e.g. {example_out})")
-    p.add_argument("--figure", default=None, help="with --out: also save the figure (e.g. .png)")
-
-
-def _command(sub, name: str, func, help: str) -> argparse.ArgumentParser:
-    """The parser of the subcommand ``name``: it runs ``func(args)`` and takes ``--json``."""
-    p = sub.add_parser(name, help=help)
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=func)
-    return p
+    emit(args, result, "\n".join(lines))
 
 
 def _add_world(sub) -> None:
-    w = _command(sub, "world", cmd_world, "write the synthetic world in MEND's file formats")
+    w = command(sub, "world", cmd_world, "write the synthetic world in MEND's file formats")
     w.add_argument("--seed", type=int, default=0)
     w.add_argument("--subjects", type=int, default=200)
     w.add_argument("--out", required=True)
@@ -294,7 +210,7 @@ def _add_zoo(sub) -> None:
 
 
 def _add_train(sub) -> None:
-    t = _command(sub, "train", cmd_train, "train an editor for a model (cached by configuration)")
+    t = command(sub, "train", cmd_train, "train an editor for a model (cached by configuration)")
     t.add_argument("--model", default="tiny-gpt2", help="zoo name or local model folder")
     t.add_argument("--alg", default="mend", choices=ALGS, help="ft and ft_kl train nothing: their lr is swept on "
                                                                   "validation edits")
@@ -315,7 +231,7 @@ def _add_train(sub) -> None:
 
 
 def _add_eval(sub) -> None:
-    e = _command(sub, "eval", cmd_eval, "evaluate a trained editor on held-out edits")
+    e = command(sub, "eval", cmd_eval, "evaluate a trained editor on held-out edits")
     e.add_argument("--model", default="tiny-gpt2")
     e.add_argument("--editor", default=None, help="folder written by `mendlab train` (default: the cached editor "
                                                   "for --alg, trained if missing)")
@@ -328,7 +244,7 @@ def _add_eval(sub) -> None:
 
 
 def _add_edit(sub) -> None:
-    ed = _command(sub, "edit", cmd_edit, "edit one fact you type and show before/after")
+    ed = command(sub, "edit", cmd_edit, "edit one fact you type and show before/after")
     ed.add_argument("--model", default="tiny-gpt2")
     ed.add_argument("--editor", default=None)
     ed.add_argument("--alg", default=None, choices=ALGS)
@@ -339,38 +255,8 @@ def _add_edit(sub) -> None:
     ed.add_argument("--seed", type=int, default=None)
 
 
-def _add_compare(sub) -> None:
-    c = _command(sub, "compare", cmd_compare, "MEND against FT, FT+KL, KE and ENN (paper Table 4)")
-    _table_options(c, "tiny-bert:claim, tiny-bart:qa, tiny-gpt2:gen", "results/compare_ci.csv")
-    c.add_argument("--algs", default=",".join(ALGS))
-    c.add_argument("--n-val", type=int, default=48, help="validation requests in FT's lr sweep")
-
-
-def _add_ablate(sub) -> None:
-    a = _command(sub, "ablate", cmd_ablate, "MEND's editor-network ablations (paper Table 6)")
-    _table_options(a, "tiny-gpt2:gen, tiny-bart:qa", "results/ablations.csv")
-    a.add_argument("--variants", default=",".join(VARIANTS), help=f"among {','.join(VARIANTS)}")
-
-
-def _add_sequential(sub) -> None:
-    q = _command(sub, "sequential", cmd_sequential, "T edits one after another to one model: retention and drawdown")
-    _table_options(q, "tiny-bart:qa", "results/sequential.csv", n=False)
-    q.add_argument("--algs", default="mend,ft")
-    q.add_argument("--T", type=int, default=100, help="edits in the sequence: the split's first T requests")
-
-
-def _add_batch(sub) -> None:
-    b = _command(sub, "batch", cmd_batch, "k edits at once as one edit, pooled or aggregated (paper Table 5)")
-    _table_options(b, "tiny-bart:qa", "results/batch.csv")
-    b.add_argument("--items", default="mend:sum,mend:least_squares,enn:sum,ft",
-                   help="ALG[:AGGREGATION], AGGREGATION sum or least_squares (none: the editor's pooled edit)")
-    b.add_argument("--ks", default="1,5,25,75,125", help="numbers of edits made at once")
-    b.add_argument("--train-k", default="1", choices=("1", "same"),
-                   help="1: editors trained on single edits; same: one editor per k, trained with k edits at once")
-
-
 def _add_demo(sub) -> None:
-    d = _command(sub, "demo", cmd_demo, "the main job: world, tiny model, train MEND, edit, evaluate")
+    d = command(sub, "demo", cmd_demo, "the main job: world, tiny model, train MEND, edit, evaluate")
     d.add_argument("--model", default="tiny-gpt2")
     d.add_argument("--seed", type=int, default=None)
     d.add_argument("--subjects", type=int, default=5, help="test-split subjects to probe")
@@ -382,8 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mendlab", description=__doc__.splitlines()[0])
     p.add_argument("--profile", choices=("ci", "full"), help="overrides $MENDLAB_PROFILE")
     sub = p.add_subparsers(dest="cmd", required=True)
-    for add in (_add_world, _add_zoo, _add_train, _add_eval, _add_edit, _add_compare, _add_ablate, _add_sequential,
-                _add_batch, _add_demo):
+    for add in (_add_world, _add_zoo, _add_train, _add_eval, _add_edit, *ADD_TABLE_COMMANDS, _add_demo):
         add(sub)
     return p
 
