@@ -114,7 +114,8 @@ def _add_ablate(sub) -> None:
 def _add_sequential(sub) -> None:
     q = command(sub, "sequential", cmd_sequential, "T edits one after another to one model: retention and drawdown")
     _table_options(q, "tiny-bart:qa", "results/sequential.csv", n=False)
-    q.add_argument("--algs", default="mend,ft")
+    q.add_argument("--algs", default="mend,mend:least_squares,ft",
+                   help="editors: ALG, or ALG:least_squares for the least-squares memory (mendlab.memory)")
     q.add_argument("--T", type=int, default=100, help="edits in the sequence: the split's first T requests")
 
 

@@ -76,27 +76,40 @@ def retention(frame, key: str = "es_rephrase"):
 
     from mendlab.experiments.sequential import retention_matrix
 
-    algs = sorted(set(frame["alg"]), key=lambda a: ALG_ORDER.index(a) if a in ALG_ORDER else len(ALG_ORDER))
-    fig, axes = plt.subplots(1, 1 + len(algs), figsize=(5.5 + 3.8 * len(algs), 3.8), squeeze=False,
-                             gridspec_kw={"width_ratios": [1.4] + [1] * len(algs)})
+    frame = frame.assign(editor=frame["editor"] if "editor" in frame else frame["alg"])  # older tables: no items
+    items = sorted(set(frame["editor"]), key=_item_rank)
+    fig, axes = plt.subplots(1, 1 + len(items), figsize=(5.5 + 3.8 * len(items), 3.8), squeeze=False,
+                             gridspec_kw={"width_ratios": [1.4] + [1] * len(items)})
     ax, twin = axes[0][0], axes[0][0].twinx()
-    runs = ["alg", "model", "task", "seed"]
-    so_far = frame.groupby([*runs, "step"])[key].mean().groupby(["alg", "step"]).mean()
-    drawdown = frame.groupby([*runs, "step"])["drawdown"].first().groupby(["alg", "step"]).mean()
-    for alg, colour in zip(algs, sns.color_palette("tab10", len(algs)), strict=True):
-        ax.plot(so_far[alg].index + 1, so_far[alg].to_numpy(), color=colour, label=ALG_LABELS.get(alg, alg))
-        twin.plot(drawdown[alg].index + 1, drawdown[alg].to_numpy(), color=colour, linestyle="--")
+    runs = ["editor", "model", "task", "seed"]
+    so_far = frame.groupby([*runs, "step"])[key].mean().groupby(["editor", "step"]).mean()
+    drawdown = frame.groupby([*runs, "step"])["drawdown"].first().groupby(["editor", "step"]).mean()
+    for item, colour in zip(items, sns.color_palette("tab10", len(items)), strict=True):
+        ax.plot(so_far[item].index + 1, so_far[item].to_numpy(), color=colour, label=item_label(item))
+        twin.plot(drawdown[item].index + 1, drawdown[item].to_numpy(), color=colour, linestyle="--")
     ax.set(xlabel="edits made", ylabel=f"mean {key} of the edits so far (solid)", ylim=(-0.02, 1.02))
     twin.set_ylabel("drawdown (dashed)")
     ax.legend(title="editor", loc="lower left")
-    for hax, alg in zip(axes[0][1:], algs, strict=True):
-        mine = frame[frame["alg"] == alg]
+    for hax, item in zip(axes[0][1:], items, strict=True):
+        mine = frame[frame["editor"] == item]
         first = (mine[runs[1:]] == mine[runs[1:]].iloc[0]).all(axis=1)
         sns.heatmap(retention_matrix(mine[first], key), ax=hax, vmin=0, vmax=1, cmap="viridis",
                     cbar=hax is axes[0][-1])
-        hax.set(title=f"{ALG_LABELS.get(alg, alg)}: {key}", xlabel="step t (after t + 1 edits)", ylabel="edit i")
+        hax.set(title=f"{item_label(item)}: {key}", xlabel="step t (after t + 1 edits)", ylabel="edit i")
     fig.tight_layout()
     return fig
+
+
+def item_label(item: str) -> str:
+    """``"mend:least_squares"`` → ``"MEND (least squares)"``; a bare alg → its label."""
+    alg, _, aggregate = item.partition(":")
+    name = ALG_LABELS.get(alg, alg)
+    return f"{name} ({aggregate.replace('_', ' ')})" if aggregate and aggregate != "sum" else name
+
+
+def _item_rank(item: str) -> tuple[int, str]:
+    alg = item.partition(":")[0]
+    return (ALG_ORDER.index(alg) if alg in ALG_ORDER else len(ALG_ORDER), item)
 
 
 def batch(frame, paper: dict | None = None):

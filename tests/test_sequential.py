@@ -129,17 +129,22 @@ def test_run_tabulates_every_step_seed_by_seed(micro, monkeypatch):
     monkeypatch.setattr(seq, "editor_for", editor_for)
     monkeypatch.setattr(seq, "task_for", lambda *a, **k: task)
     seen = []
-    frame = seq.run([("micro-bart", "qa")], ["mend", "ft"], [0, 1], T=3, steps=2, progress=False, on_row=seen.append)
-    assert [c[:2] for c in calls] == [(0, "mend"), (0, "ft"), (1, "mend"), (1, "ft")] and calls[0][2] == 2
-    assert len(frame) == len(seen) == 4 * 6 and frame["reverted_exactly"].all()
-    assert list(frame.columns) == ["model", "task", "alg", "seed", "edit", "step", "es_rephrase", "es_edit",
-                                   "drawdown", "reverted_exactly"]
-    assert (frame.groupby(["alg", "seed", "step"])["drawdown"].nunique() == 1).all()
+    items = ["mend", "mend:least_squares", "ft"]
+    frame = seq.run([("micro-bart", "qa")], items, [0, 1], T=3, steps=2, progress=False, on_row=seen.append)
+    assert [c[:2] for c in calls] == [(s, a) for s in (0, 1) for a in ("mend", "mend", "ft")] and calls[0][2] == 2
+    assert len(frame) == len(seen) == 6 * 6 and frame["reverted_exactly"].all()
+    assert list(frame.columns) == ["model", "task", "editor", "alg", "aggregate", "seed", "edit", "step",
+                                   "es_rephrase", "es_edit", "drawdown", "reverted_exactly"]
+    assert list(frame["aggregate"].unique()) == ["sum", "least_squares", "sum"][:2]
+    assert (frame.groupby(["editor", "seed", "step"])["drawdown"].nunique() == 1).all()
     table = seq.summarize(frame)
-    assert list(table["alg"]) == ["mend", "ft"] and (table["T"] == 3).all() and (table["seeds"] == 2).all()
+    assert list(table["editor"]) == items and (table["T"] == 3).all() and (table["seeds"] == 2).all()
     from mendlab import plots
 
-    assert len(plots.retention(frame).axes) >= 3  # the curves (and their twin axis), one heatmap per alg
+    assert len(plots.retention(frame).axes) >= 4  # the curves (and their twin axis), one heatmap per item
+    assert plots.item_label("mend:least_squares") == "MEND (least squares)" and plots.item_label("ft") == "FT"
+    with pytest.raises(ValueError, match="unknown aggregation"):
+        seq.run([("micro-bart", "qa")], ["mend:mean"], [0], T=3, progress=False)
 
 
 def _fake_run(calls):
@@ -167,8 +172,8 @@ def test_sequential_command_writes_table_provenance_and_figure(tmp_path, monkeyp
     assert prov["complete"] and prov["command"].startswith("mendlab sequential") and prov["T"] == 3
     assert prov["setups"] == ["tiny-bart:qa"] and prov["algs"] == "mend,ft"
     assert (tmp_path / "s.png").exists()
-    table = seq.summarize(frame)
-    assert table.loc[table["alg"] == "mend", "es_rephrase"].item() == f"{(1 + 0.5 + 0.5) / 3:.3f}"
-    assert table.loc[table["alg"] == "mend", "drawdown"].item() == "0.030"
+    table = seq.summarize(frame)  # a table without an ``editor`` column (written before items) reads as its algs
+    assert table.loc[table["editor"] == "mend", "es_rephrase"].item() == f"{(1 + 0.5 + 0.5) / 3:.3f}"
+    assert table.loc[table["editor"] == "mend", "drawdown"].item() == "0.030"
     with pytest.raises(SystemExit):  # the length of the sequence is --T; --n is not an option here
         main(["sequential", "--n", "3"])

@@ -24,7 +24,10 @@ import torch
 
 from mendlab import losses
 from mendlab.data import Collator
+from mendlab.edit import restore
+from mendlab.experiments.batch import parse_item
 from mendlab.experiments.editors import editor_for, task_for, world_of_run
+from mendlab.memory import LeastSquaresMemory
 from mendlab.metrics import _flat, _Panel
 
 SETUPS = (("tiny-bart", "qa"),)  # the default of `mendlab sequential`
@@ -82,14 +85,57 @@ def _drawdown(pan: _Panel, model) -> tuple[float, float]:
     return acc, pan.acc_pre - acc
 
 
+class _Stacked:
+    """Edits applied one after another in place; what each weight was before its first edit is kept in
+    ``originals``. ``aggregate=None``: each edit's own ΔW is added on top (undone in reverse order on exit);
+    ``"least_squares"``: the editor's edits go into a :class:`~mendlab.memory.LeastSquaresMemory` and its new
+    total replaces the old one at every step."""
+
+    def __init__(self, editor, model, stack: ExitStack, aggregate: str | None):
+        if aggregate not in (None, "sum", "least_squares"):
+            raise ValueError(f"unknown aggregation {aggregate!r} for sequential editing; use sum or least_squares")
+        if aggregate == "least_squares" and not editor.batched:
+            raise ValueError(f"{editor.alg} makes no keys for least squares (it has no edit_many)")
+        self.editor, self.model, self.stack = editor, model, stack
+        self.memory = LeastSquaresMemory() if aggregate == "least_squares" else None
+        self.weights = dict(model.named_parameters())
+        self.originals: dict[str, torch.Tensor] = {}
+        self.saved: dict[str, torch.Tensor] | None = None
+        if self.memory is not None:
+            stack.callback(lambda: restore(model, self.saved) if self.saved is not None else None)
+
+    def step(self, enc) -> None:
+        """Make the next edit from ``enc`` on the model as it is now (editors enable gradients where needed)."""
+        if self.memory is None:
+            edit = self.editor.edit(self.model, enc).detach()
+            self._keep(edit.names)
+            self.stack.enter_context(edit.applied(self.model))
+            return
+        total = self.memory.add(self.editor.edit_many(self.model, enc).detach())
+        if self.saved is not None:
+            restore(self.model, self.saved)
+        self._keep(total.names)
+        self.saved = total.apply_(self.model)
+
+    def _keep(self, names) -> None:
+        for name in names:
+            if name not in self.originals:  # cloned before its first edit, so later edits do not enter the copy
+                self.originals[name] = self.weights[name].detach().clone()
+
+    def reverted(self) -> bool:
+        return all(torch.equal(self.weights[name], w) for name, w in self.originals.items())
+
+
 @torch.no_grad()
-def sequential(editor, model, tok, examples, panel: list[tuple[str, str]], *, progress: bool = True,
-               max_length: int = 128):
+def sequential(editor, model, tok, examples, panel: list[tuple[str, str]], *, aggregate: str | None = None,
+               progress: bool = True, max_length: int = 128):
     """Apply the T = ``len(examples)`` edits one after another to ``model`` and score, after each step t, every
     edit i ≤ t and the panel of unrelated ``(prompt, answer)`` pairs.
 
-    Edit t is ``editor.edit(model, x_e)`` on the model that already holds edits 0 … t−1 (in place). Returns
-    ``(frame, info)``: ``frame`` has one row per (edit i, step t) with i ≤ t, columns ``edit``, ``step``,
+    Edit t is computed on the model that already holds edits 0 … t−1. ``aggregate``: None or ``"sum"``, each
+    edit's ΔW added on top of the others (in place); ``"least_squares"``, the least-squares total of every edit's
+    keys and wanted outputs so far (:class:`~mendlab.memory.LeastSquaresMemory`) replaces the previous total.
+    Returns ``(frame, info)``: ``frame`` has one row per (edit i, step t) with i ≤ t, columns ``edit``, ``step``,
     ``es_rephrase`` and ``es_edit``; ``info`` holds ``acc_pre``, per step ``acc_post`` and ``drawdown``,
     ``edit_ms`` (mean time of one edit) and ``reverted_exactly``: whether every weight is, bit for bit, what it
     was before the first edit once the sequence is undone. The model is restored even if an edit raises.
@@ -101,24 +147,18 @@ def sequential(editor, model, tok, examples, panel: list[tuple[str, str]], *, pr
         raise ValueError("sequential needs at least one edit request")
     collator = Collator.for_model(model, tok, max_length=max_length)
     probes, pan = _Probes(model, collator, examples), _Panel(model, collator, panel)
-    weights = dict(model.named_parameters())
-    originals: dict[str, torch.Tensor] = {}
     rows, acc_post, drawdown, edit_s = [], [], [], 0.0
     with ExitStack() as stack:
+        stacked = _Stacked(editor, model, stack, aggregate)
         for t in tqdm(range(len(examples)), desc="sequential", disable=not progress, mininterval=1.0):
             t0 = time.perf_counter()
-            edit = editor.edit(model, probes.single[t]).detach()  # editors enable gradients where they need them
+            stacked.step(probes.single[t])
             edit_s += time.perf_counter() - t0
-            for name in edit.names:
-                if name not in originals:  # cloned before its first edit, so later edits do not enter the copy
-                    originals[name] = weights[name].detach().clone()
-            stack.enter_context(edit.applied(model))
             rows += probes.score(model, t)
             acc, dd = _drawdown(pan, model)
             acc_post.append(acc)
             drawdown.append(dd)
-    reverted = all(torch.equal(weights[name], w) for name, w in originals.items())
-    info = {"acc_pre": pan.acc_pre, "acc_post": acc_post, "drawdown": drawdown, "reverted_exactly": reverted,
+    info = {"acc_pre": pan.acc_pre, "acc_post": acc_post, "drawdown": drawdown, "reverted_exactly": stacked.reverted(),
             "edit_ms": 1000 * edit_s / len(examples)}
     return pd.DataFrame(rows, columns=["edit", "step", "es_rephrase", "es_edit"]), info
 
@@ -134,11 +174,13 @@ def retention_matrix(frame, key: str = "es_rephrase") -> np.ndarray:
 
 def run(setups, algs, seeds, *, T: int = 100, split: str = "test", steps: int | None = None,
         world_seed: int | None = None, progress: bool = True, on_row=None):
-    """For each seed, (model, task) of ``setups`` and alg: the first ``T`` requests of the ``split`` edited in
-    sequence by the cached editor of :func:`~mendlab.experiments.editors.editor_for` (FT / FT+KL: lr swept on
-    validation edits; MEND, KE, ENN: trained, ``steps`` overriding the profile's length).
+    """For each seed, (model, task) of ``setups`` and item of ``algs``: the first ``T`` requests of the ``split``
+    edited in sequence by the cached editor of :func:`~mendlab.experiments.editors.editor_for` (FT / FT+KL: lr
+    swept on validation edits; MEND, KE, ENN: trained, ``steps`` overriding the profile's length). An item is an
+    alg, or ``ALG:least_squares`` for the least-squares memory (``ALG:sum`` is the alg itself).
 
-    Returns a long DataFrame: :func:`sequential`'s rows with ``model``, ``task``, ``alg``, ``seed``, the
+    Returns a long DataFrame: :func:`sequential`'s rows with ``model``, ``task``, ``editor`` (the item), ``alg``,
+    ``aggregate``, ``seed``, the
     ``drawdown`` after that step (repeated on each row of the step) and ``reverted_exactly``. Seeds run one after
     another, so a cut run holds whole seeds; ``on_row(row)`` is called as each row is made (``ResultsTable.add``).
     """
@@ -146,13 +188,17 @@ def run(setups, algs, seeds, *, T: int = 100, split: str = "test", steps: int | 
     from tqdm.auto import tqdm
 
     rows = []
+    specs = {item: parse_item(item) for item in algs}  # clear errors before any work
     jobs = [(s, m, t, a) for s in seeds for m, t in setups for a in algs]
-    for seed, model_name, task, alg in tqdm(jobs, desc="sequential runs", disable=not progress):
+    for seed, model_name, task, item in tqdm(jobs, desc="sequential runs", disable=not progress):
+        alg, aggregate = specs[item]
         editor, model, tok, _ = editor_for(model_name, alg, seed, task, steps=steps, world_seed=world_seed)
         data = task_for(model_name, model, tok, task, world_of_run(seed, world_seed))
-        frame, info = sequential(editor, model, tok, data.split(split)[:T], data.panel, progress=progress)
+        frame, info = sequential(editor, model, tok, data.split(split)[:T], data.panel, aggregate=aggregate,
+                                 progress=progress)
         for r in frame.to_dict(orient="records"):
-            rows.append({"model": model_name, "task": task, "alg": alg, "seed": seed, **r,
+            rows.append({"model": model_name, "task": task, "editor": item, "alg": alg,
+                         "aggregate": aggregate or "sum", "seed": seed, **r,
                          "drawdown": info["drawdown"][r["step"]], "reverted_exactly": info["reverted_exactly"]})
             if on_row is not None:
                 on_row(rows[-1])
@@ -160,17 +206,18 @@ def run(setups, algs, seeds, *, T: int = 100, split: str = "test", steps: int | 
 
 
 def summarize(frame, digits: int = 3):
-    """Where each sequence ends, per (task, alg): the mean over all T edits of ``es_rephrase`` and ``es_edit``
-    after the last edit, and the drawdown then; mean ± std over seeds."""
+    """Where each sequence ends, per (task, editor item): the mean over all T edits of ``es_rephrase`` and
+    ``es_edit`` after the last edit, and the drawdown then; mean ± std over seeds."""
     import pandas as pd
 
-    run_keys = ["model", "task", "alg", "seed"]
+    frame = frame.assign(editor=frame["editor"] if "editor" in frame else frame["alg"])  # older tables: no items
+    run_keys = ["model", "task", "editor", "seed"]
     last = frame[frame["step"] == frame.groupby(run_keys)["step"].transform("max")]
     ends = last.groupby(run_keys, sort=False).agg(T=("edit", "size"), es_rephrase=("es_rephrase", "mean"),
                                                   es_edit=("es_edit", "mean"), drawdown=("drawdown", "first"))
     out = []
-    for (task, alg), g in ends.reset_index().groupby(["task", "alg"], sort=False):
-        row = {"task": task, "alg": alg, "seeds": len(g), "T": int(g["T"].max())}
+    for (task, item), g in ends.reset_index().groupby(["task", "editor"], sort=False):
+        row = {"task": task, "editor": item, "seeds": len(g), "T": int(g["T"].max())}
         for key in ("es_rephrase", "es_edit", "drawdown"):
             mean, std = g[key].mean(), g[key].std()
             row[key] = f"{mean:.{digits}f}" + ("" if std != std else f" ± {std:.{digits}f}")  # NaN: one seed
