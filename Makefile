@@ -10,7 +10,7 @@ export HF_DATASETS_OFFLINE ?= 1
 export HF_HUB_DISABLE_PROGRESS_BARS ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo test test-unit test-notebooks lint clean
+.PHONY: setup demo test test-unit test-notebooks test-browser lint clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,9 +25,11 @@ setup: $(BIN)/.installed
 demo: setup
 	$(BIN)/mendlab demo
 
-UNIT := $(BIN)/python -m pytest -q -n 2 --dist worksteal tests
+UNIT := $(BIN)/python -m pytest -q -n 2 --dist worksteal -m "not browser" tests
 NBVAL := $(BIN)/python -m pytest -q -p no:python --nbval --nbval-current-env \
 	--nbval-sanitize-with notebooks/sanitize.cfg --nbval-cell-timeout=900 notebooks
+# JupyterLab + headless Chromium (/usr/bin/chromium, Debian's package) on notebooks/08_playground.ipynb
+BROWSER := $(BIN)/python -m pytest -q -m browser tests/browser
 
 test: setup
 	# two workers of one thread each: the six zoo builds run two at a time (tests/conftest.py)
@@ -36,6 +38,8 @@ test: setup
 	# terminal, not inside a kernel (nbval gives a cell 5 s to send output)
 	$(BIN)/mendlab zoo build --all
 	$(NBVAL)
+	# the playground in a real browser, after the notebooks: the zoo and editors are cached by then
+	$(BROWSER)
 
 test-unit: setup
 	$(UNIT)
@@ -43,6 +47,9 @@ test-unit: setup
 test-notebooks: setup
 	$(BIN)/mendlab zoo build --all
 	$(NBVAL)
+
+test-browser: setup
+	$(BROWSER)
 
 lint: setup
 	$(BIN)/ruff check .

@@ -169,11 +169,12 @@ class PlaygroundSession:
         subject, relation, template = parsed
         return [q.format(s=subject) for i, q in enumerate(self.world.relation[relation].questions) if i != template]
 
-    def unrelated_for(self, prompt: str) -> list[tuple[str, str]]:
-        """The first ``n_unrelated`` watched facts that do not mention the prompt's subject (or its text)."""
-        parsed = _parse_question(self.world, prompt.strip()) if self.world is not None else None
-        subject = parsed[0] if parsed else None
-        keep = [(p, a) for p, a in self._unrelated if p != prompt.strip() and (subject is None or subject not in p)]
+    def unrelated_for(self, *prompts: str) -> list[tuple[str, str]]:
+        """The first ``n_unrelated`` watched facts that are none of ``prompts`` and mention none of their subjects."""
+        texts = {p.strip() for p in prompts}
+        parsed = [_parse_question(self.world, t) for t in texts] if self.world is not None else []
+        subjects = {q[0] for q in parsed if q}
+        keep = [(p, a) for p, a in self._unrelated if p not in texts and not any(s in p for s in subjects)]
         return keep[: self.n_unrelated]
 
     def queue(self, prompt: str, target: str) -> int:
@@ -192,8 +193,8 @@ class PlaygroundSession:
         return self._change(editor, [self.validate(prompt, target, editor)], rephrasings, keep=False)
 
     def apply_batch(self, editor: str, rephrasings: Sequence[str] | None = None) -> EditResult:
-        """The pending requests as one edit (the editor's own batch edit: MEND sums the requests' rank-1 updates,
-        paper §5.3), applied; the queue is emptied."""
+        """The pending requests as one edit, applied; the queue is emptied. An editor with ``edit_many`` (MEND,
+        ENN, KE) edits each request apart and sums the edits (paper §5.3); FT fine-tunes on all of them at once."""
         if not self.pending:
             raise PlaygroundError("no requests are queued: in batch mode, Edit adds a request to the batch")
         self._editor(editor)
@@ -244,8 +245,7 @@ class PlaygroundSession:
         for p, t in requests:
             phr = self.suggest_rephrasings(p) if rephrasings is None else [r.strip() for r in rephrasings if r.strip()]
             rows += [("rephrase", r, t) for r in phr if r != p]
-        seen = {p for p, _ in requests}
-        unrelated = [u for u in self.unrelated_for(requests[0][0]) if u[0] not in seen]
+        unrelated = self.unrelated_for(*(p for p, _ in requests))
         return rows + [("unrelated", p, a) for p, a in unrelated]
 
     def _look(self, checks, edit: Edit | None = None) -> tuple[list[str], list[float]]:
@@ -261,17 +261,24 @@ class PlaygroundSession:
         made: dict = {}
 
         def change():
+            examples = [EditExample(p, t) for p, t in requests]
             with torch.no_grad():
-                made["edit"] = ed.edit(self.model, self.tok, [EditExample(p, t) for p, t in requests]).detach()
+                if len(examples) > 1 and ed.batched:  # each request edited apart, then summed (paper §5.3)
+                    made["edit"] = ed.edit_many(self.model, self.tok, examples).detach().aggregate("sum")
+                else:  # one request, or an editor that edits the requests together (FT fine-tunes on all)
+                    made["edit"] = ed.edit(self.model, self.tok, examples).detach()
             made["saved"] = made["edit"].apply_(self.model)
 
         try:
             result = self._observe_change(editor, requests, checks, change)
-        finally:
-            if not keep and "saved" in made:
+        except BaseException:  # also an interrupted kernel: never leave an edit in place that history lacks
+            if "saved" in made:
                 restore(self.model, made["saved"])
+            raise
         if keep:
             self.history.append(_Applied(result, made["saved"]))
+        else:
+            restore(self.model, made["saved"])
         return result
 
     def _observe_change(self, name: str, requests, checks, change: Callable[[], None]) -> EditResult:

@@ -47,7 +47,8 @@ class Playground:
         self.status = _tagged(W.HTML(), "status")
         self.table = _tagged(W.HTML(), "table")
         self.history = _tagged(W.HTML(), "history")
-        self.chart = _tagged(W.Image(format="png", layout=W.Layout(max_width="900px")), "chart")
+        self.chart = _tagged(W.Image(format="png", layout=W.Layout(align_self="flex-start")), "chart")
+        self._suggested = ""  # the rephrasings last filled in from the world's templates
         self._wire()
         self.widget = W.VBox([W.HTML(_STYLE), W.HBox([self.prompt, self.target]), self.rephrasings,
                               W.HBox([self.editor, self.mode]), W.HBox(list(self.buttons.values()) + [self.editor_b]),
@@ -90,9 +91,12 @@ class Playground:
             self._say(str(e), error=True)
 
     def _on_prompt(self, change) -> None:
-        suggested = self.session.suggest_rephrasings(change["new"])
-        if suggested:
-            self.rephrasings.value = "\n".join(suggested)
+        """Fill the rephrasings with the world's suggestions; clear them when they were the last prompt's
+        suggestions and the new prompt has none (what the user typed is kept)."""
+        suggested = "\n".join(self.session.suggest_rephrasings(change["new"]))
+        if suggested or self.rephrasings.value == self._suggested:
+            self.rephrasings.value = suggested
+        self._suggested = suggested
 
     def _typed_rephrasings(self) -> list[str]:
         return [r for r in self.rephrasings.value.splitlines() if r.strip()]
@@ -119,7 +123,7 @@ class Playground:
 
     def _on_undo_all(self) -> None:
         n = self.session.undo_all()
-        self.table.value = ""
+        self.table.value, self.chart.value = "", b""
         self._say(f"undone all {n} edit{'s' * (n != 1)}: the model is as it was loaded")
         self._show_history()
 
@@ -161,7 +165,8 @@ class Playground:
 
         fig = playground_bars(results)
         buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=80)
+        fig.savefig(buf, format="png", dpi=160)  # shown at half size: sharp on high-density screens
+        self.chart.width = str(int(fig.get_figwidth() * 80))
         plt.close(fig)  # never shown again by the inline backend
         self.chart.value = buf.getvalue()
 

@@ -13,8 +13,11 @@ from mendlab.widgets import Playground
 @pytest.fixture
 def setup(micro):
     model, tok, world = micro("gpt2")
-    editors = {"FT": FT.for_model(model, FTConfig(lr=1e-2, max_steps=20)),
-               "MEND": MEND.for_model(model, NetConfig(rank=8))}
+    mend = MEND.for_model(model, NetConfig(rank=8))
+    from mendlab.data import EditExample
+
+    mend.edit(model, tok, [EditExample(*_request(world, i, "train")) for i in range(4)])  # primes the normaliser
+    editors = {"FT": FT.for_model(model, FTConfig(lr=1e-2, max_steps=20)), "MEND": mend.eval()}
     return model, tok, world, editors
 
 
@@ -198,3 +201,52 @@ def test_widget_compare_and_errors_in_the_status_line(panel):
     pg.mode.value = "batch"
     pg.buttons["apply-batch"].click()
     assert "no requests are queued" in pg.status.value
+
+
+def test_an_interrupted_edit_is_taken_back(setup, monkeypatch):
+    model, tok, world, editors = setup
+    s = PlaygroundSession(model, tok, editors, world=world)
+    original, looks = _weights(model), []
+
+    def look(checks, edit=None):  # the table after the edit is interrupted (a kernel interrupt in class)
+        looks.append(1)
+        if len(looks) == 2:
+            raise KeyboardInterrupt
+        return ["x"] * len(checks), [0.0] * len(checks)
+
+    monkeypatch.setattr(s, "_look", look)
+    with pytest.raises(KeyboardInterrupt):
+        s.edit(*_request(world), "FT")
+    assert _same(model, original) and s.n_applied == 0
+
+
+def test_a_batch_of_mend_edits_is_their_sum_and_watches_no_requested_subject(setup):
+    from mendlab.data import EditExample
+
+    model, tok, world, editors = setup
+    s = PlaygroundSession(model, tok, editors, world=world)
+    requests = [_request(world, i, "train") for i in range(2)]
+    for r in requests:
+        s.queue(*r)
+    s.apply_batch("MEND")
+    applied = {n: p.detach().clone() for n, p in model.named_parameters()}
+    s.undo()
+    expected = editors["MEND"].edit_many(model, tok, [EditExample(p, t) for p, t in requests]).detach()
+    with expected.aggregate("sum").applied(model):
+        assert all(torch.allclose(p, applied[n], atol=1e-6) for n, p in model.named_parameters())
+    subjects = [world.subjects_in("train")[i] for i in range(2)]
+    rows = s.preview(*requests[0], "FT").rows
+    assert not any(subj in c.prompt for c in rows if c.role == "unrelated" for subj in subjects[:1])
+    checks = s._checks(requests, None)
+    assert not any(subj in p for role, p, _ in checks if role == "unrelated" for subj in subjects)
+
+
+def test_widget_clears_suggestions_for_a_prompt_outside_the_world(panel):
+    pg, world, _ = panel
+    pg.prompt.value = _request(world)[0]
+    assert pg.rephrasings.value
+    pg.prompt.value = "Who painted the sky?"
+    assert pg.rephrasings.value == ""
+    pg.rephrasings.value = "Who did paint it?"  # typed by the user: kept
+    pg.prompt.value = "Who painted the sea?"
+    assert pg.rephrasings.value == "Who did paint it?"
