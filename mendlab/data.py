@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +41,26 @@ class EditExample:
     subject: str = ""
     relation: str = ""
 
+    def __post_init__(self):
+        for name in ("prompt", "target"):
+            check_text(getattr(self, name), f"EditExample.{name}")
+
+
+def check_text(text, what: str) -> None:
+    """A clear error unless ``text`` is a non-blank string that can be encoded (what an edit request needs)."""
+    if not isinstance(text, str):
+        raise TypeError(f"{what} must be a string, got {type(text).__name__}")
+    if not text.strip():
+        hint = (" (to language-model a text, pass (text, '') pairs to Collator.encode; an edit needs a new answer)"
+                if what.endswith("target") else "")
+        raise ValueError(f"{what} is {'empty' if not text else 'only whitespace'}: an edit request needs a "
+                         f"prompt and the target the model should give, e.g. EditExample('Where was Zorbo "
+                         f"born?', 'Kelvane'){hint}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ValueError(f"{what} is not valid unicode ({err.reason} at {err.start}): {text[:40]!r}") from None
+
 
 def drop_first_sentence(text: str) -> str:
     """The generation rephrase: the passage without its first sentence (or unchanged if it has one)."""
@@ -59,7 +80,7 @@ def _kilt_examples(path: str | Path, kind: str) -> list[EditExample]:
     records = []
     for r in _load_json_records(path):  # as MEND: drop the input from its rephrases, then filter
         rephrases = tuple(x for x in r.get("filtered_rephrases") or () if x != r["input"])
-        if r.get("alternatives") and rephrases:
+        if r.get("alternatives") and str(r["alternatives"][0]).strip() and str(r["input"]).strip() and rephrases:
             records.append((r, rephrases))
     n = len(records)
     out = []
@@ -155,11 +176,13 @@ class Collator:
     """Examples → tensors for one model ``kind`` (``"decoder"``, ``"seq2seq"`` or ``"classifier"``).
 
     - decoder: ``prompt + " " + target`` (no space for ``gen`` targets), labels on the target tokens only;
-      a locality answer ``""`` labels every token (language modelling);
+      a locality answer ``""`` labels every token (language modelling) of the first ``max_length``;
     - seq2seq: the tokenizer's own special tokens on both sides; ``decoder_input_ids`` are the labels shifted
       right behind ``decoder_start_token_id`` (HF's convention, used for BART and T5 alike);
     - classifier: labels 1.0 for ``SUPPORTS``, 0.0 for ``REFUTES``.
-    Padding is on the right.
+    Padding is on the right whatever ``tokenizer.padding_side`` says. A text longer than ``max_length`` tokens
+    loses the start of its prompt (a warning, once); a target that does not fit (with one prompt token, for a
+    decoder) is refused with a ``ValueError``, never cut.
     """
 
     def __init__(self, tokenizer, kind: str, *, decoder_start_token_id: int | None = None, max_length: int = 128):
@@ -172,30 +195,61 @@ class Collator:
         self.tok, self.kind, self.start, self.max_length = tokenizer, kind, decoder_start_token_id, max_length
 
     @classmethod
-    def for_model(cls, model, tokenizer, **kw) -> Collator:
+    def for_model(cls, model, tokenizer, max_length: int | None = None, **kw) -> Collator:
+        """The collator for ``model``: ``max_length`` is the model's position limit, or ``max_length`` if
+        smaller (a model without one, as T5, reads ``max_length`` or 128 tokens)."""
         from mendlab.families import get_family
 
         kind = get_family(model).kind
         start = getattr(model.config, "decoder_start_token_id", None)
         if start is None and kind == "seq2seq":  # HF's T5 convention when a config leaves it unset
             start = getattr(model.config, "pad_token_id", None)
-        return cls(tokenizer, kind, decoder_start_token_id=start, **kw)
+        limits = [n for n in (max_length, positions(model)) if n]
+        return cls(tokenizer, kind, decoder_start_token_id=start, max_length=min(limits) if limits else 128, **kw)
 
     def _pad(self, rows: list[list[int]], value: int) -> torch.Tensor:
         width = max(len(r) for r in rows)
         return torch.tensor([r + [value] * (width - len(r)) for r in rows], dtype=torch.long)
 
+    def _source(self, text: str) -> list[int]:
+        """Token ids of an encoder input with the tokenizer's special tokens, left-truncated to fit."""
+        ids = self.tok(text)["input_ids"]
+        if len(ids) <= self.max_length:
+            return ids
+        _warn_once(f"an input of {len(ids)} tokens is longer than the model reads ({self.max_length}): its "
+                   "start is cut off (later ones are cut without this warning)")
+        side, self.tok.truncation_side = self.tok.truncation_side, "left"  # the tokenizer keeps special tokens
+        try:
+            return self.tok(text, truncation=True, max_length=self.max_length)["input_ids"]
+        finally:
+            self.tok.truncation_side = side
+
+    def _target(self, ids: list[int], target: str, room: int) -> list[int]:
+        if not ids:
+            raise ValueError(f"the target {target[:60]!r} has no tokens under this tokenizer; edit towards a target "
+                             "with visible text")
+        if len(ids) > room:
+            raise ValueError(f"the target {target[:60]!r} is {len(ids)} tokens, more than the {room} this model "
+                             f"reads with its prompt (max_length {self.max_length}): shorten the target")
+        return ids
+
     def encode(self, pairs: Sequence[tuple[str, str]], gen: bool = False) -> Tensors:
         """(prompt, target) pairs → padded tensors for this model kind."""
         tok, pad = self.tok, self.tok.pad_token_id
+        if not pairs:
+            raise ValueError("nothing to encode: pass at least one (prompt, target) pair")
         if self.kind == "classifier":
-            enc = tok([p for p, _ in pairs], padding=True, truncation=True, max_length=self.max_length,
-                      return_tensors="pt")
+            bad = [t for _, t in pairs if t not in LABELS]
+            if bad:
+                raise ValueError(f"a classifier's targets are labels {LABELS}, got {bad[0]!r}")
+            ids = [self._source(p) for p, _ in pairs]
             labels = torch.tensor([float(LABELS.index(t)) for _, t in pairs])
-            return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "labels": labels}
+            return {"input_ids": self._pad(ids, pad), "attention_mask": (self._pad(ids, -1) != -1).long(),
+                    "labels": labels}
         if self.kind == "seq2seq":
-            src = [tok(p, truncation=True, max_length=self.max_length)["input_ids"] for p, _ in pairs]
-            tgt = [tok(t, truncation=True, max_length=self.max_length)["input_ids"] for _, t in pairs]
+            src = [self._source(p) for p, _ in pairs]
+            tgt = [self._target(tok(t)["input_ids"], t, self.max_length) if t.strip() else tok(t)["input_ids"]
+                   for _, t in pairs]
             labels = self._pad(tgt, -100)
             dec_in = torch.cat([torch.full((len(tgt), 1), self.start), labels[:, :-1].clamp(min=0)], dim=1)
             dec_in[:, 1:][labels[:, :-1] == -100] = pad
@@ -211,15 +265,30 @@ class Collator:
                 ids.append(p)
                 labels.append(list(p))
                 continue
-            t = tok(target if gen else " " + target, add_special_tokens=False)["input_ids"]
-            row = (p + t)[-self.max_length:]
-            ids.append(row)
-            labels.append(([-100] * len(p) + t)[-self.max_length:])
+            t = self._target(tok(target if gen else " " + target, add_special_tokens=False)["input_ids"], target,
+                             self.max_length - 1)
+            if not p:
+                raise ValueError(f"the prompt before target {target[:60]!r} is empty: a decoder predicts the "
+                                 "target from it; give a prompt")
+            if len(p) + len(t) > self.max_length:
+                _warn_once(f"prompt and target are {len(p) + len(t)} tokens, more than the model reads "
+                           f"({self.max_length}): the prompt's start is cut off (later ones without this warning)")
+                p = p[len(p) + len(t) - self.max_length:]
+            ids.append(p + t)
+            labels.append([-100] * len(p) + t)
         return {"input_ids": self._pad(ids, pad), "attention_mask": (self._pad(ids, -1) != -1).long(),
                 "labels": self._pad(labels, -100)}
 
     def __call__(self, examples: Sequence[EditExample], rng: random.Random | None = None) -> EditBatch:
         """Build x_e, x'_e (a rephrase: random with ``rng``, else the first) and x_loc tensors."""
+        if not examples:
+            raise ValueError("no edit requests: pass at least one EditExample")
+        if len({e.kind == "gen" for e in examples}) > 1:
+            raise ValueError("a batch mixes generation requests with others (their targets are spaced "
+                             "differently): edit them in separate batches")
+        for e in examples:
+            for r in e.rephrases:
+                check_text(r, f"a rephrase of {e.prompt[:40]!r}")
         gen = examples[0].kind == "gen"
         inner = [(e.prompt, e.target) for e in examples]
         outer = [((rng.choice(e.rephrases) if rng else e.rephrases[0]) if e.rephrases else e.prompt, e.target)
@@ -227,3 +296,19 @@ class Collator:
         loc_pairs = [e.locality for e in examples if e.locality is not None]
         loc = self.encode(loc_pairs, gen=False) if loc_pairs else None
         return EditBatch(self.encode(inner, gen), self.encode(outer, gen), loc, list(examples))
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    key = message.split(":")[-1]  # one warning per kind of cut, whatever the lengths
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(message, stacklevel=3)
+
+
+def positions(model) -> int | None:
+    """How many positions ``model`` reads (its position embeddings), or None if it has no limit (T5)."""
+    config = getattr(model, "config", None)
+    return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)

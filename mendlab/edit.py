@@ -13,7 +13,6 @@ weight's own layout. Factors keep their autograd graph, so an editor can be trai
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from mendlab import rank1
+from mendlab.edit_guard import check_model, combine, load_edit, save_edit, shapes_of
 from mendlab.losses import MODEL_KEYS
 from mendlab.losses import forward as _forward
 
@@ -38,14 +38,26 @@ class Factors:
     def dense(self) -> torch.Tensor:
         return self.u.T @ self.delta if self.conv1d else self.delta.T @ self.u
 
+    @property
+    def shape(self) -> tuple[int, int]:
+        """The shape of ΔW in the weight's layout, without forming it."""
+        out, n_in = self.delta.shape[-1], self.u.shape[-1]
+        return (n_in, out) if self.conv1d else (out, n_in)
+
 
 @dataclass
 class Edit:
-    """Per-weight updates ``W ← W + ΔW``; ``factors`` and ``dense`` never share a name."""
+    """Per-weight updates ``W ← W + ΔW``; ``factors`` and ``dense`` never share a name.
+
+    ``base``: the fingerprint of the model it was made for (:func:`mendlab.edit_guard.base_of`, set by every
+    editor; None for a hand-made edit). Using the edit with a model that lacks an edited weight, has it in
+    another shape or is of another recorded type raises :class:`~mendlab.edit_guard.MismatchedModelError`.
+    """
 
     factors: dict[str, Factors] = field(default_factory=dict)
     dense: dict[str, torch.Tensor] = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
+    base: dict | None = None
 
     def __post_init__(self):
         both = set(self.factors) & set(self.dense)
@@ -64,10 +76,21 @@ class Edit:
     def deltas(self) -> dict[str, torch.Tensor]:
         return {n: self.delta(n) for n in self.names}
 
+    def shapes(self) -> dict[str, tuple]:
+        """Each edited weight's shape (the weight's layout)."""
+        return shapes_of(self.factors, self.dense)
+
+    def check(self, model: torch.nn.Module) -> None:
+        """Raise :class:`~mendlab.edit_guard.MismatchedModelError`, naming both models, unless ``model`` has every
+        edited weight in this edit's shape (and the recorded model type)."""
+        check_model(self.shapes(), self.base, model)
+
     def __add__(self, other: Edit) -> Edit:
-        """The sum of two edits: factors are concatenated row-wise (rank adds up), dense deltas added."""
+        """The sum of two edits: factors are concatenated row-wise (rank adds up), dense deltas added. Edits made
+        for models of different types or shapes do not add up (:class:`~mendlab.edit_guard.MismatchedModelError`)."""
         if not isinstance(other, Edit):
             return NotImplemented
+        base = combine(self.base, other.base, self.shapes(), other.shapes())
         factors, dense = dict(self.factors), dict(self.dense)
         for name, f in other.factors.items():
             if name in factors and factors[name].conv1d == f.conv1d:
@@ -81,22 +104,20 @@ class Edit:
         for name, d in other.dense.items():
             dense[name] = (self.delta(name) + d) if name in factors or name in dense else d
             factors.pop(name, None)
-        return Edit(factors, dense, {"parts": [self.meta, other.meta]})
+        return Edit(factors, dense, {"parts": [self.meta, other.meta]}, base)
 
     def __radd__(self, other):  # sum([...]) starts from 0
         return self if other == 0 else NotImplemented
 
     def detach(self) -> Edit:
         return Edit({n: Factors(f.delta.detach(), f.u.detach(), f.conv1d) for n, f in self.factors.items()},
-                    {n: d.detach() for n, d in self.dense.items()}, dict(self.meta))
+                    {n: d.detach() for n, d in self.dense.items()}, dict(self.meta), self.base)
 
     # -- using it -----------------------------------------------------------------------------------------
     def params(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
         """``{name: W + ΔW}`` for ``torch.func.functional_call`` (keeps the graph to ΔW)."""
+        self.check(model)
         weights = dict(model.named_parameters())
-        missing = [n for n in self.names if n not in weights]
-        if missing:
-            raise KeyError(f"the model has no parameters {missing}; was this edit made for another model?")
         return {n: weights[n] + self.delta(n).to(weights[n].dtype) for n in self.names}
 
     def forward(self, model: torch.nn.Module, enc: dict) -> torch.Tensor:
@@ -107,6 +128,7 @@ class Edit:
         """Add ΔW to the weights in place and return copies of the edited weights as they were, for
         :func:`restore` (only the edited weights, never the whole model). Stacked edits revert bit for bit when
         restored in reverse order. If adding fails part way, what was changed is restored before raising."""
+        self.check(model)
         weights = dict(model.named_parameters())
         saved = {}
         try:
@@ -149,35 +171,13 @@ class Edit:
 
     # -- saving it -----------------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
-        """One safetensors file: tensors ``{name}.delta``/``{name}.u`` or ``{name}.dense``, layouts in metadata."""
-        from safetensors.torch import save_file
-
-        tensors = {}
-        for name, f in self.factors.items():
-            tensors[f"{name}.delta"] = f.delta.detach().contiguous().cpu()
-            tensors[f"{name}.u"] = f.u.detach().contiguous().cpu()
-        for name, d in self.dense.items():
-            tensors[f"{name}.dense"] = d.detach().contiguous().cpu()
-        layout = {"factors": {n: f.conv1d for n, f in self.factors.items()}, "dense": list(self.dense)}
-        meta = {"mendlab_edit": json.dumps(layout), "meta": json.dumps(self.meta, default=str)}
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_file(tensors, str(path), metadata=meta)
-        return path
+        """One safetensors file: tensors ``{name}.delta``/``{name}.u`` or ``{name}.dense``; layouts, ``meta`` and
+        ``base`` in metadata (:func:`mendlab.edit_guard.save_edit`). ``Edit.load`` gives it back exactly."""
+        return save_edit(self, path)
 
     @classmethod
     def load(cls, path: str | Path, device=None) -> Edit:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt", device=str(device or "cpu")) as f:
-            meta = f.metadata() or {}
-            if "mendlab_edit" not in meta:
-                raise ValueError(f"{path} is not a mendlab Edit file (no 'mendlab_edit' metadata)")
-            layout = json.loads(meta["mendlab_edit"])
-            factors = {n: Factors(f.get_tensor(f"{n}.delta"), f.get_tensor(f"{n}.u"), conv1d)
-                       for n, conv1d in layout["factors"].items()}
-            dense = {n: f.get_tensor(f"{n}.dense") for n in layout["dense"]}
-        return cls(factors, dense, json.loads(meta.get("meta", "{}")))
+        return load_edit(path, device)
 
 
 def restore(model: torch.nn.Module, saved: dict[str, torch.Tensor]) -> None:
@@ -198,6 +198,7 @@ class EditSet:
     deltas (weight layout) that belong to every one of the B edits (ENN: its trained change of the base weights).
     ``keys[name]`` = (``k`` [M, in], ``k_owner`` [M]): the raw layer inputs of the edit batch's token rows
     (detached) and the request each belongs to, which :meth:`aggregate` needs for ``"least_squares"``.
+    ``base``: the model's fingerprint, as :attr:`Edit.base`; every edit taken from the set carries it.
     """
 
     factors: dict[str, Factors]
@@ -206,8 +207,14 @@ class EditSet:
     meta: dict = field(default_factory=dict)
     shared: dict[str, torch.Tensor] = field(default_factory=dict)
     keys: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    base: dict | None = None
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.factors) + [n for n in self.shared if n not in self.factors]
 
     def _with_shared(self, edit: Edit) -> Edit:
+        edit.base = self.base
         return edit + Edit(dense=dict(self.shared)) if self.shared else edit
 
     def __len__(self) -> int:
@@ -226,7 +233,7 @@ class EditSet:
     def detach(self) -> EditSet:
         return EditSet({n: Factors(f.delta.detach(), f.u.detach(), f.conv1d) for n, f in self.factors.items()},
                        self.owner, self.size, dict(self.meta), {n: d.detach() for n, d in self.shared.items()},
-                       {n: (k.detach(), o) for n, (k, o) in self.keys.items()})
+                       {n: (k.detach(), o) for n, (k, o) in self.keys.items()}, self.base)
 
     def merged(self) -> Edit:
         """All B edits summed into one (batch editing); a shared part counts once."""
@@ -291,6 +298,7 @@ class EditSet:
     def forward(self, model: torch.nn.Module, enc: dict, index: torch.Tensor | None = None) -> torch.Tensor:
         """Logits where row b is computed with edit b applied, or with edit ``index[b]`` when given
         (e.g. several rephrases per request). The model is not modified."""
+        check_model(shapes_of(self.factors, self.shared), self.base, model, "this EditSet")
         updates = self.padded()
         if index is not None:
             updates = {n: (d[index], u[index]) for n, (d, u) in updates.items()}

@@ -165,12 +165,12 @@ def test_sequential_command_writes_table_provenance_and_figure(tmp_path, monkeyp
     out = tmp_path / "sequential.csv"
     assert main(["sequential", "--seeds", "0", "--T", "3", "--out", str(out), "--figure", str(tmp_path / "s.png"),
                  "--json"]) == 0
-    assert calls == [{"setups": [("tiny-bart", "qa")], "algs": ["mend", "ft"], "T": 3, "split": "test",
-                      "steps": None}]
+    items = ["mend", "mend:least_squares", "ft"]  # the default
+    assert calls == [{"setups": [("tiny-bart", "qa")], "algs": items, "T": 3, "split": "test", "steps": None}]
     frame, prov = report.load(out)
-    assert len(frame) == 2 * 6 and list(frame["alg"].unique()) == ["mend", "ft"]
+    assert len(frame) == 3 * 6 and list(frame["alg"].unique()) == items
     assert prov["complete"] and prov["command"].startswith("mendlab sequential") and prov["T"] == 3
-    assert prov["setups"] == ["tiny-bart:qa"] and prov["algs"] == "mend,ft"
+    assert prov["setups"] == ["tiny-bart:qa"] and prov["algs"] == ",".join(items)
     assert (tmp_path / "s.png").exists()
     table = seq.summarize(frame)  # a table without an ``editor`` column (written before items) reads as its algs
     assert table.loc[table["editor"] == "mend", "es_rephrase"].item() == f"{(1 + 0.5 + 0.5) / 3:.3f}"

@@ -6,12 +6,25 @@ its own, 0 by default), ``num_parameters()``, and ``default_config(task)`` / ``t
 harness builds and trains it, so that no runner branches on an editor's name. Trainable editors are
 :class:`TrainableEditor`s (``nn.Module``s): ``param_groups(lr, lr_lr)`` for ``train.py`` and, from their
 ``config_dict()`` / ``from_config_dict``, ``save_pretrained`` / ``from_pretrained`` written once here.
+
+Every editor's ``edit`` and ``edit_many`` are wrapped once here (:func:`guarded`, applied by
+``Editor.__init_subclass__``): the editor must have been built for this model (type and edited shapes), the
+base model runs in eval mode (dropout off: the same request gives the same edit) and gets its modes back, and the
+result records the model's fingerprint (:attr:`mendlab.edit.Edit.base`).
+
+Memory: an edit runs one forward and backward of the base model over all B requests at once (plus, for MEND
+and ENN, B·T token rows of ``in + out`` floats per edited weight), so its peak grows linearly with the batch's
+B·T tokens; ``metrics.evaluate`` edits in chunks of ``chunk`` requests. Split a very large batch the same way
+(``EditSet`` s of the chunks are independent: edit b depends on request b alone).
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import warnings
 from collections.abc import Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -19,13 +32,10 @@ import torch
 from torch import nn
 
 from mendlab.data import Collator, EditBatch, EditExample
+from mendlab.edit_guard import MismatchedModelError, base_of, describe
 from mendlab.families import edited_weights, get_family, shape_key
 
 WEIGHTS_FILE, CONFIG_FILE = "editor.safetensors", "editor_config.json"
-
-
-class MismatchedModelError(ValueError):
-    """An editor was loaded or used with a model other than the one it was trained for."""
 
 
 class Editor:
@@ -38,6 +48,13 @@ class Editor:
     kind: str
     names: list[str]
     base: dict
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for method in ("edit", "edit_many"):
+            fn = cls.__dict__.get(method)
+            if fn is not None and not getattr(fn, "guarded", False):
+                setattr(cls, method, guarded(fn))
 
     def edit(self, model: nn.Module, tokenizer_or_batch, examples=None):
         """One :class:`~mendlab.edit.Edit` for one or many requests (a tokenizer and ``EditExample``s, or a
@@ -106,15 +123,80 @@ class TrainableEditor(Editor, nn.Module):
 
 
 def as_batch(model, tokenizer_or_batch, examples: EditExample | Sequence[EditExample] | None = None,
-             max_length: int = 128) -> EditBatch | dict:
-    """An :class:`EditBatch` (or tensor dict) from either a prepared batch or ``(tokenizer, examples)``."""
+             max_length: int | None = None) -> EditBatch | dict:
+    """An :class:`EditBatch` (or tensor dict) from either a prepared batch or ``(tokenizer, examples)``; texts
+    are cut to the model's own position limit (or ``max_length``, if smaller; see :meth:`Collator.for_model`)."""
     if isinstance(tokenizer_or_batch, (EditBatch, dict)):
-        return tokenizer_or_batch
-    if examples is None:
+        batch = tokenizer_or_batch
+    elif examples is None:
         raise TypeError("edit(model, tokenizer, examples) needs examples, or pass a prepared EditBatch")
-    if isinstance(examples, EditExample):
-        examples = [examples]
-    return Collator.for_model(model, tokenizer_or_batch, max_length=max_length)(list(examples))
+    else:
+        if isinstance(examples, EditExample):
+            examples = [examples]
+        batch = Collator.for_model(model, tokenizer_or_batch, max_length=max_length)(list(examples))
+    enc = batch.edit_inner if isinstance(batch, EditBatch) else batch
+    if "input_ids" in enc and enc["input_ids"].shape[0] == 0:
+        raise ValueError("no edit requests: the batch has 0 rows; pass at least one EditExample")
+    return batch
+
+
+def guarded(method):
+    """``edit`` / ``edit_many`` of an editor, checked against the model, run in eval mode, fingerprinted."""
+    @functools.wraps(method)
+    def run(self, model, *args, **kwargs):
+        check_editor_model(self, model)
+        with eval_mode(model):
+            out = method(self, model, *args, **kwargs)
+        if getattr(out, "base", False) is None:
+            out.base = base_of(model, out.names)
+        return out
+
+    run.guarded = True
+    return run
+
+
+_warned_training = False
+
+
+@contextmanager
+def eval_mode(model: nn.Module):
+    """Run ``model`` in eval mode and give every module its own train/eval flag back (also on exceptions).
+    Warns once if it was in training mode: dropout would make every edit of the same request different."""
+    global _warned_training
+    modes = [(m, m.training) for m in model.modules()]
+    if model.training and not _warned_training:
+        _warned_training = True
+        warnings.warn("the base model is in training mode (dropout on); editors run it in eval mode, so the same "
+                      "request always gives the same edit, and then put it back in training mode", stacklevel=4)
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, mode in modes:
+            module.training = mode
+
+
+def check_editor_model(editor, model) -> None:
+    """Raise :class:`MismatchedModelError` naming both models unless ``model`` has the type and edited weight
+    shapes the editor was built for (cheap: no weight values are compared)."""
+    base = getattr(editor, "base", None)
+    if not isinstance(base, dict) or not isinstance(base.get("shapes"), dict):
+        return
+    model_type, name = describe(model)
+    params = dict(model.named_parameters())
+    problem = None
+    if base.get("model_type") and model_type and base["model_type"] != model_type:
+        problem = f"model type {base['model_type']!r} vs {model_type!r}"
+    elif any(n not in params for n in base["shapes"]):
+        problem = f"the model has no weights {[n for n in base['shapes'] if n not in params][:3]}"
+    else:
+        wrong = [n for n, s in base["shapes"].items() if list(shape_key(model, n)) != list(s)]
+        problem = f"different shapes of {wrong[:3]}" if wrong else None
+    if problem:
+        raise MismatchedModelError(
+            f"{type(editor).__name__} was built for model {base.get('name')!r} ({base.get('model_type')}) but was "
+            f"given {name!r} ({model_type}): {problem}. Edit the model it was built for, or build an editor for "
+            "this one (e.g. MEND.for_model(model)).")
 
 
 def model_name(model) -> str:
