@@ -183,6 +183,45 @@ def cmd_demo(args) -> None:
     emit(args, result, "\n".join(lines))
 
 
+def cmd_scale(args) -> None:
+    """One memory estimate (``--model-config``), the paper's six models (``--paper``) or the CPU check
+    (``--measure``: one fresh interpreter per row, written row by row to ``--out`` with provenance)."""
+    import pandas as pd
+
+    from mendlab import scaling
+
+    opts = dict(seq_len=args.seq_len, target_len=args.target_len)
+    if args.model_config:
+        e = scaling.estimate(args.model_config, dtype=args.dtype, batch=args.batch, mode=args.mode,
+                             device=args.device, **opts)
+        parts = " + ".join(f"{f} {getattr(e, f) / scaling.GIB:.2f}" for f in scaling.PARTS if getattr(e, f))
+        fits = "/".join(str(gb) for gb in scaling.BUDGETS_GB if e.fits(gb)) or "none"
+        emit(args, e.row(), f"{e.model} ({e.model_type}) {e.mode} {e.dtype} on {e.device}, batch {e.batch} x "
+                            f"{e.seq_len} tokens: {e.total / scaling.GIB:.2f} GiB = {parts}; fits {fits} GB")
+        return
+    if args.paper:
+        rows = scaling.paper_table(batch=args.batch, device=args.device, **opts)
+    else:
+        from mendlab.config import profile
+        from mendlab.experiments import report
+
+        meta = report.provenance(report.command_line(args.argv), profile(), [], models=args.models, **opts)
+        table = report.ResultsTable(args.out, meta) if args.out else None
+        rows = []
+        for name, _, dtype in (m.partition(":") for m in args.models.split(",")):
+            for mode in ("edit", "train"):
+                rows.append(scaling.measure(name, dtype or "float32", mode, batch=args.batch, **opts))
+                if table is not None:
+                    table.add(rows[-1])
+                if not args.json:
+                    print(f"{name} {dtype or 'float32'} {mode}: measured {rows[-1]['measured_mib']:.1f} MiB, "
+                          f"estimated {rows[-1]['estimated_mib']:.1f} MiB", flush=True)
+        if table is not None:
+            table.close()
+    with pd.option_context("display.width", 220, "display.max_columns", 30):
+        emit(args, {"rows": rows}, pd.DataFrame(rows).round(3).to_string(index=False))
+
+
 def _add_world(sub) -> None:
     w = command(sub, "world", cmd_world, "write the synthetic world in MEND's file formats")
     w.add_argument("--seed", type=int, default=0)
@@ -264,11 +303,32 @@ def _add_demo(sub) -> None:
     d.add_argument("--n", type=int, default=None, help="evaluate only the first N held-out edits")
 
 
+def _add_scale(sub) -> None:
+    s = command(sub, "scale", cmd_scale, "memory of a MEND edit or training step on any model, from its config alone")
+    what = s.add_mutually_exclusive_group(required=True)
+    what.add_argument("--model-config", metavar="NAME_OR_JSON",
+                      help="gpt-j-6B, t5-xxl, gpt2-xl, ... (mendlab.scaling.KNOWN), a zoo name, or a JSON object "
+                           "with model_type and config fields, e.g. '{\"model_type\": \"gptj\", \"n_layer\": 28}'")
+    what.add_argument("--paper", action="store_true", help="the paper's six models, float32 and bfloat16")
+    what.add_argument("--measure", action="store_true", help="measure peaks on this CPU beside the estimates")
+    s.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="the base model's")
+    s.add_argument("--mode", default="edit", choices=("edit", "train"))
+    s.add_argument("--batch", type=int, default=None, help="requests (default: 1 to edit, 10 to train)")
+    s.add_argument("--seq-len", type=int, default=32, help="tokens per request")
+    s.add_argument("--target-len", type=int, default=6, help="answer tokens (an encoder-decoder's decoder input)")
+    s.add_argument("--device", default="cuda", choices=("cuda", "cpu"), help="the estimate's device")
+    s.add_argument("--models", default="tiny-gpt2,gpt2,gpt2-medium,t5-small,tiny-gpt2:bfloat16",
+                   help="with --measure: NAME[:DTYPE],... (each measured in edit and train mode)")
+    s.add_argument("--out", default=None, help="with --measure: write the rows as CSV with provenance "
+                                               "(e.g. results/scaling_cpu.csv)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mendlab", description=__doc__.splitlines()[0])
     p.add_argument("--profile", choices=("ci", "full"), help="overrides $MENDLAB_PROFILE")
     sub = p.add_subparsers(dest="cmd", required=True)
-    for add in (_add_world, _add_zoo, _add_train, _add_eval, _add_edit, *ADD_TABLE_COMMANDS, _add_demo):
+    for add in (_add_world, _add_zoo, _add_train, _add_eval, _add_edit, *ADD_TABLE_COMMANDS, _add_demo,
+                _add_scale):
         add(sub)
     return p
 
