@@ -177,3 +177,96 @@ def playground_bars(results):
     axes[0][-1].legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def editor_size(frame, ax=None):
+    """Editor parameters against model parameters, both on log axes: MEND's editor (``editor_params``), a naive
+    hypernetwork that outputs every weight's full update (``naive_params``, where the frame has it) and the model
+    itself (y = x, dotted). ``frame``: one row per model with ``model``, ``base_params`` and those columns (the
+    notebook computes them from ``scaling.estimate`` and ``ablations.reference_shapes``)."""
+    import matplotlib.pyplot as plt
+
+    frame = frame.sort_values("base_params")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6.4, 4.4))
+    series = [("editor_params", "MEND's editor", "o")]
+    if "naive_params" in frame:
+        series.append(("naive_params", "naive: outputs the full update (at least)", "s"))
+    for key, label, marker in series:
+        ax.scatter(frame["base_params"], frame[key], marker=marker, label=label, zorder=3)
+    lo, hi = frame["base_params"].min() / 2, frame["base_params"].max() * 2
+    ax.plot([lo, hi], [lo, hi], ":", color="grey", label="as large as the model (y = x)")
+    for _, row in frame.iterrows():
+        ax.annotate(row["model"], (row["base_params"], row["editor_params"]), textcoords="offset points",
+                    xytext=(4, -11), fontsize=8)
+    ax.set(xscale="log", yscale="log", xlabel="model parameters", ylabel="editor parameters",
+           title="editor size against model size")
+    ax.legend(fontsize=8, loc="upper left")
+    ax.figure.tight_layout()
+    return ax.figure
+
+
+def memory_breakdown(frame, budgets=(24, 40, 80)):
+    """Peak memory of one edit (left) and one editor-training step (right) per model, as bars stacked by what
+    holds the memory (``mendlab.scaling.PARTS``: base weights, editor, Adam state, activations of each phase),
+    float32 (plain) beside bfloat16 (hatched), with a card of each size in ``budgets`` (GiB) as a line.
+    ``frame``: rows of ``scaling.Estimate.row()`` (bytes per part; ``model``, ``mode``, ``dtype``)."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+    import seaborn as sns
+
+    from mendlab.scaling import GIB, PARTS
+
+    models = list(dict.fromkeys(frame["model"]))
+    colours = dict(zip(PARTS, sns.color_palette("tab10", len(PARTS)), strict=True))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.6), sharey=True)
+    x = np.arange(len(models))
+    for ax, mode in zip(axes, ("edit", "train"), strict=True):
+        for offset, dtype, hatch in ((-0.2, "float32", ""), (0.2, "bfloat16", "//")):
+            rows = frame[(frame["mode"] == mode) & (frame["dtype"] == dtype)].set_index("model").reindex(models)
+            bottom = np.zeros(len(models))
+            for part in PARTS:
+                height = rows[part].to_numpy(dtype=float) / GIB
+                ax.bar(x + offset, height, 0.38, bottom=bottom, color=colours[part], hatch=hatch,
+                       edgecolor="white", linewidth=0.5)
+                bottom += height
+        for gb in budgets:
+            ax.axhline(gb, color="black", linestyle="--", linewidth=0.8)
+            ax.text(len(models) - 0.5, gb, f"{gb} GB card", ha="right", va="bottom", fontsize=8)
+        ax.set_xticks(x, models, rotation=20, ha="right")
+        ax.set_title(f"one {'edit' if mode == 'edit' else 'editor-training step'}: plain float32, hatched bfloat16")
+    axes[0].set_ylabel("estimated peak memory (GiB)")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=colours[p]) for p in PARTS]
+    axes[1].legend(handles, [p.replace("_", " ") for p in PARTS], title="held by", bbox_to_anchor=(1.02, 1),
+                   loc="upper left", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def estimate_check(frame, band: float = 0.15, measured: str = "measured_mib", estimated: str = "estimated_mib",
+                   unit: str = "MiB", title: str = "memory estimate against measurement", ax=None):
+    """Estimated against measured peak memory, log axes: one point per row (labelled model, mode, dtype), the
+    line y = x where an estimate is exact and a band of ± ``band`` around it. ``frame``: rows with the two
+    columns ``measured`` and ``estimated`` (``results/scaling_cpu.csv``, or a GPU table reshaped to them)."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6.2, 4.6))
+    values = frame[[measured, estimated]].to_numpy(dtype=float)
+    span = np.array([values.min() / 1.6, values.max() * 1.6])
+    ax.fill_between(span, span * (1 - band), span * (1 + band), color="grey", alpha=0.2,
+                    label=f"± {band:.0%} of the measurement")
+    ax.plot(span, span, color="black", linewidth=0.8, label="estimate = measurement")
+    for mode, marker in (("edit", "o"), ("train", "s")):
+        rows = frame[frame["mode"] == mode]
+        ax.scatter(rows[measured], rows[estimated], marker=marker, label=mode, zorder=3)
+    for _, row in frame.iterrows():
+        ax.annotate(f"{row['model']} {row['mode']} {row.get('dtype', '')}".strip(),
+                    (row[measured], row[estimated]), textcoords="offset points", fontsize=7,
+                    xytext=(5, -10 if row.get("dtype") == "bfloat16" else 2))
+    ax.set(xscale="log", yscale="log", xlim=tuple(span), ylim=tuple(span), title=title,
+           xlabel=f"measured peak ({unit})", ylabel=f"estimated peak ({unit})")
+    ax.legend(fontsize=8, loc="upper left")
+    ax.figure.tight_layout()
+    return ax.figure
