@@ -32,6 +32,11 @@ from mendlab.nets import NetConfig
 
 SEQ_LEN, N_LABELS = 24, 6
 MODELS = ("tiny", "gpt2-small")
+NET_OVERRIDES: dict = {}  # NetConfig fields set from the command line (``--rank``); empty: the default editor
+
+
+def net_config() -> NetConfig:
+    return NetConfig(**NET_OVERRIDES)
 
 
 def build(name: str, device: str) -> tuple[str, torch.nn.Module]:
@@ -105,7 +110,11 @@ def parse_args(argv: list[str] | None, description: str) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--json", action="store_true", help="one JSON object per model, one per line")
+    parser.add_argument("--rank", type=int, default=None, help="the editor's NetConfig rank (default: NetConfig's)")
     args = parser.parse_args(argv)
+    NET_OVERRIDES.clear()
+    if args.rank is not None:
+        NET_OVERRIDES["rank"] = args.rank
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     transformers.utils.logging.disable_progress_bar()
@@ -119,7 +128,7 @@ def bench(name: str, device: str, repeats: int, warmup: int) -> dict:
     model.requires_grad_(True)
     kind = get_family(model).kind
     enc = edit_input(model.config.vocab_size, device)
-    editor = MEND.for_model(model, NetConfig()).to(device)
+    editor = MEND.for_model(model, net_config()).to(device)
     editor.train()
     editor.edit(model, enc)  # primes the normaliser (an untrained editor has no statistics yet)
     editor.eval()

@@ -23,13 +23,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from edit_latency import build, median_ms, parse_args, report, run_info  # noqa: E402
+from edit_latency import build, median_ms, net_config, parse_args, report, run_info  # noqa: E402
 
 from mendlab.data import EditBatch  # noqa: E402
 from mendlab.editors.mend import MEND  # noqa: E402
 from mendlab.families import get_family  # noqa: E402
 from mendlab.losses import forward, nll  # noqa: E402
-from mendlab.nets import NetConfig  # noqa: E402
 from mendlab.train import TrainConfig, edit_step, optimizer  # noqa: E402
 
 BATCH, SEQ_LEN, N_LABELS = 10, 24, 6
@@ -50,7 +49,7 @@ def bench(name: str, device: str, repeats: int, warmup: int) -> dict:
     vocab = model.config.vocab_size
     batch = EditBatch(batch_input(vocab, device, 0), batch_input(vocab, device, 1), batch_input(vocab, device, 2))
     cfg = TrainConfig.for_profile("ci", device=device)
-    editor = MEND.for_model(model, NetConfig()).to(device).train()
+    editor = MEND.for_model(model, net_config()).to(device).train()
     opt = optimizer(editor, cfg)
     params = [p for g in opt.param_groups for p in g["params"]]
 

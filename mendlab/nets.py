@@ -197,8 +197,8 @@ class GradientTransform(nn.Module):
         if self.norm:
             u, delta = self.u_norm(u), self.d_norm(delta)
         if self.sides == "both":
-            out = self.mlp(torch.cat([u, delta], -1), mode)
-            return out[:, :self.m], out[:, self.m:]
+            u_t, d_t = self.mlp(torch.cat([u, delta], -1), mode).split([self.m, self.n], -1)
+            return u_t, d_t
         if self.sides == "u":
             return self.mlp(u, mode), delta
         return u, self.mlp(delta, mode)
@@ -245,22 +245,37 @@ class EditorNet(nn.Module):
         in one pass, each row with its own layer's scale and offset. (The official code loops over layers and
         folds each layer's rows into the shared normaliser before normalising it; here one batch's rows are
         folded in together. Identical in eval mode.)"""
-        groups: dict[str, list[str]] = {}
-        for name in self.names:
-            groups.setdefault(self.route[name][0], []).append(name)
         out = {}
-        for key, members in groups.items():
+        for key, members in self._groups().items():
             sizes = [rows[n][0].shape[0] for n in members]
             u = torch.cat([rows[n][0] for n in members]).float()
             d = torch.cat([rows[n][1] for n in members]).float()
             mode = self.route[members[0]][1]
             if mode is not None and len(members) > 1:
-                mode = torch.cat([torch.full((s,), self.route[n][1], dtype=torch.long, device=u.device)
-                                  for n, s in zip(members, sizes, strict=True)])
+                mode = self._modes(key, members, sizes, u.device)
             ut, dt = self.transforms[key](u, d, mode)
             for n, a, b in zip(members, ut.split(sizes), dt.split(sizes), strict=True):
                 out[n] = (a, b)
         return out
+
+    def _groups(self) -> dict[str, list[str]]:
+        """Transform key → the weights it serves, in ``names`` order (fixed at construction, built once)."""
+        if getattr(self, "_group_cache", None) is None:
+            groups: dict[str, list[str]] = {}
+            for name in self.names:
+                groups.setdefault(self.route[name][0], []).append(name)
+            self._group_cache = groups
+        return self._group_cache
+
+    def _modes(self, key: str, members: list[str], sizes: list[int], device: torch.device) -> torch.Tensor:
+        """Each row's mode id [Σ sizes]; the last tensor per transform is kept (repeated edits of one input
+        reuse it)."""
+        cache = self.__dict__.setdefault("_mode_cache", {})
+        tag = (tuple(sizes), device)
+        if key not in cache or cache[key][0] != tag:
+            ids = torch.tensor([self.route[n][1] for n in members], dtype=torch.long)
+            cache[key] = (tag, ids.repeat_interleave(torch.tensor(sizes)).to(device))
+        return cache[key][1]
 
     def step_size(self, name: str) -> torch.Tensor:
         return self.edit_lrs[self.names.index(name)]

@@ -56,10 +56,14 @@ class Capture:
             raise RuntimeError(f"no forward pass went through {missing}; run the model inside the capture")
         outs = [self.outputs[n] for n in self.names]
         grads = torch.autograd.grad(loss, outs, allow_unused=True, create_graph=create_graph)
-        result = {}
+        result, owners = {}, {}
         for name, g in zip(self.names, grads, strict=True):
             x, out = self.inputs[name], self.outputs[name]
-            owner = torch.arange(x.shape[0], device=x.device).repeat_interleave(x[..., 0].numel() // x.shape[0])
+            tag = (x.shape[:-1], x.device)
+            if tag not in owners:
+                per_row = x[..., 0].numel() // x.shape[0]
+                owners[tag] = torch.arange(x.shape[0], device=x.device).repeat_interleave(per_row)
+            owner = owners[tag]
             u = rearrange(x, "... i -> (...) i")
             g = torch.zeros_like(out) if g is None else g
             d = rearrange(g, "... o -> (...) o")

@@ -81,9 +81,10 @@ class MEND(TrainableEditor):
             rows = cap.rows(loss)
         pseudo = self.net.forward_all({n: (r.u, r.delta) for n, r in rows.items()})
         factors = {}
+        alphas = dict(zip(self.net.names, self.net.edit_lrs.unbind(), strict=True))
         for name in self.names:
             u, delta = pseudo[name]
-            alpha = self.net.step_size(name)
+            alpha = alphas[name]
             factors[name] = Factors((-alpha if self.descent else alpha) * delta, u, self.conv1d[name])
         n = int(enc["input_ids"].shape[0])
         meta = {"editor": self.alg, "n_requests": n}
