@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from mendlab import losses
+from mendlab import checkpoint, losses
 from mendlab.data import Collator, EditExample
 from mendlab.edit import AGGREGATIONS, EditSet, Factors
 
@@ -232,9 +231,9 @@ def train(editor, model, tokenizer, train_set: list[EditExample], val_set: list[
           progress: bool = True, callback=None) -> TrainResult:
     """Train ``editor`` for ``model`` (which stays frozen) and return the best editor by validation loss.
 
-    ``out``: folder for ``best/`` (the best editor, ``save_pretrained``), ``checkpoint.pt`` (resume state,
-    written at every validation) and ``history.json``. With ``resume`` and an existing checkpoint, training
-    continues from it. ``callback(step, record)`` is called after every optimiser step.
+    ``out``: folder for ``best/`` (the best editor), ``checkpoint/`` (resume state, :mod:`mendlab.checkpoint`,
+    at every validation) and ``history.json``. With ``resume`` and a checkpoint, training continues from it.
+    ``callback(step, record)`` is called after every optimiser step.
     """
     cfg = config or TrainConfig.for_profile()
     if any(e.locality is None for e in train_set[:1] + val_set[:1]):
@@ -245,7 +244,7 @@ def train(editor, model, tokenizer, train_set: list[EditExample], val_set: list[
         raise ValueError(f"schedule must be 'constant' or 'cosine', got {cfg.schedule!r}")
     check_batching(cfg)
     run = _Run(editor, model, tokenizer, train_set, val_set, cfg, out)
-    if resume and run.ckpt is not None and run.ckpt.exists():
+    if resume and run.ckpt is not None and (run.ckpt.exists() or run.legacy.exists()):
         run.resume()
     return run.loop(progress, callback)
 
@@ -275,16 +274,17 @@ class _Run:
         self.result = TrainResult(editor)
         self.state = {"step": 0, "stale": 0, "nonfinite_run": 0, "elapsed": 0.0}
         self.out = Path(out) if out is not None else None
-        self.ckpt = self.out / "checkpoint.pt" if self.out is not None else None
+        self.ckpt = self.out / "checkpoint" if self.out is not None else None  # mendlab.checkpoint's folder
         if self.out is not None:
             self.out.mkdir(parents=True, exist_ok=True)
+            self.legacy = self.out / "checkpoint.pt"  # written by older mendlab versions (pickle, read weights-only)
+            checkpoint.recover(self.ckpt), checkpoint.recover(self.out / "best")  # after a crash mid-write
 
     def resume(self) -> None:
-        saved = torch.load(self.ckpt, map_location=self.device, weights_only=False)
-        self.editor.load_state_dict(saved["editor"])
-        self.opt.load_state_dict(saved["optimizer"])
-        self.rng.setstate(saved["rng"])
-        torch.set_rng_state(saved["torch_rng"])
+        new = self.ckpt.exists()
+        read = checkpoint.load if new else checkpoint.load_legacy
+        rng, saved = read(self.ckpt if new else self.legacy, self.editor, self.opt, self.device)
+        self.rng.setstate(rng)
         self.order, self.state = saved["order"], saved["state"]
         r = self.result
         r.history, r.best_val, r.best_step, r.skipped = (saved["history"], saved["best_val"], saved["best_step"],
@@ -336,8 +336,9 @@ class _Run:
         r = self.result
         if val["loss"] < r.best_val:
             r.best_val, r.best_step, self.state["stale"] = val["loss"], record["step"], 0
-            if self.out is not None:
-                self.editor.save_pretrained(self.out / "best")
+            if self.out is not None:  # written beside, then swapped in: a crash never leaves half an editor
+                self.editor.save_pretrained(self.out / "best.tmp")
+                checkpoint.replace_folder(self.out / "best.tmp", self.out / "best")
             else:
                 r.best_state = {k: v.detach().clone() for k, v in self.editor.state_dict().items()}
         else:
@@ -346,11 +347,10 @@ class _Run:
 
     def checkpoint(self) -> None:
         r = self.result
-        torch.save({"editor": self.editor.state_dict(), "optimizer": self.opt.state_dict(),
-                    "rng": self.rng.getstate(), "torch_rng": torch.get_rng_state(), "order": self.order,
-                    "state": self.state, "history": r.history, "best_val": r.best_val, "best_step": r.best_step,
-                    "skipped": r.skipped, "config": asdict(self.cfg)}, str(self.ckpt) + ".tmp")
-        os.replace(str(self.ckpt) + ".tmp", self.ckpt)
+        checkpoint.save(self.ckpt, self.editor, self.opt, self.rng.getstate(), {
+            "order": self.order, "state": self.state, "history": r.history, "best_val": r.best_val,
+            "best_step": r.best_step, "skipped": r.skipped, "config": asdict(self.cfg)})
+        self.legacy.unlink(missing_ok=True)
 
     def stop_reason(self) -> str | None:
         if self.state["stale"] >= self.cfg.patience:
