@@ -1,7 +1,7 @@
 """Results tables: CSV files written row by row, each with a provenance sidecar, and their figures.
 
 Every table under ``results/`` is written by a ``mendlab`` command through :class:`ResultsTable`: a run cut short
-keeps the rows it finished, and the sidecar ``<name>.csv.json`` says how the rows were made (command,
+keeps the rows it finished, and the sidecar ``<name>.provenance.json`` says how the rows were made (command,
 commit, profile, seeds, wall time, library versions) and whether the run completed.
 """
 
@@ -49,13 +49,13 @@ def command_line(argv: list[str] | None = None) -> str:
 
 
 def sidecar_of(table: str | Path) -> Path:
-    """Where a table's provenance lives: the table's own file name plus ``.json`` (``batch_qa.csv.json``)."""
+    """Where a table's provenance lives: beside it, ``<name>.provenance.json`` (``batch_qa.provenance.json``)."""
     table = Path(table)
-    return table.with_name(table.name + ".json")
+    return table.with_name(table.stem + ".provenance.json")
 
 
 class ResultsTable:
-    """A CSV written one row at a time, with ``<name>.csv.json`` (its provenance) beside it.
+    """A CSV written one row at a time, with ``<name>.provenance.json`` (its provenance) beside it.
 
     The columns are fixed by the first row; the sidecar is rewritten after every row (``complete: false``) and
     once more by :meth:`close` (``complete: true`` and the wall time), so a cut run still says what it holds.
