@@ -17,26 +17,14 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 import torch
 
 from mendlab import metrics
 from mendlab.experiments.editors import editor_for, task_for
+from mendlab.scaling import proc_status, reset_peak
 
-STATUS = Path("/proc/self/status")
-
-
-def _rss(field: str) -> float:
-    """``VmRSS`` or ``VmHWM`` of this process in GiB."""
-    for line in STATUS.read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 2**20
-    raise RuntimeError(f"{field} not in {STATUS}: this benchmark needs Linux")
-
-
-def _reset_peak() -> None:
-    Path("/proc/self/clear_refs").write_text("5")
+GIB = 2**30
 
 
 def run(k: int, aggregates: list[str], split: str, seed: int) -> list[dict]:
@@ -47,15 +35,15 @@ def run(k: int, aggregates: list[str], split: str, seed: int) -> list[dict]:
         raise SystemExit(f"the {split} split has {len(examples)} requests, fewer than k = {k}")
     rows = []
     for aggregate in aggregates:
-        _reset_peak()
-        loaded = _rss("VmRSS")
+        reset_peak()
+        loaded = proc_status("VmRSS") / GIB
         t0 = time.perf_counter()
         with torch.no_grad():
             r = metrics.evaluate(editor, model, tok, examples, task.panel, n_edits=k, aggregate=aggregate,
                                  progress=False)
         rows.append({"model": "tiny-bart", "k": k, "aggregate": aggregate, "split": split,
-                     "peak_gib": round(_rss("VmHWM"), 3), "loaded_gib": round(loaded, 3),
-                     "over_loaded_gib": round(_rss("VmHWM") - loaded, 3),
+                     "peak_gib": round(proc_status("VmHWM") / GIB, 3), "loaded_gib": round(loaded, 3),
+                     "over_loaded_gib": round(proc_status("VmHWM") / GIB - loaded, 3),
                      "seconds": round(time.perf_counter() - t0, 1), "es_rephrase": round(r["es_rephrase"], 4),
                      "drawdown": round(r["acc_dd"], 4), "threads": torch.get_num_threads()})
     return rows

@@ -18,7 +18,6 @@ Only the edited weights are saved for undo (:meth:`mendlab.edit.Edit.apply_`), n
 from __future__ import annotations
 
 import random
-import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -163,7 +162,7 @@ class PlaygroundSession:
     def suggest_rephrasings(self, prompt: str) -> list[str]:
         """The other question templates of the prompt's relation, when it asks about one of the world's subjects
         in one of its templates; else ``[]`` (the user types rephrasings)."""
-        parsed = _parse_question(self.world, (prompt or "").strip()) if self.world is not None else None
+        parsed = self.world.parse_question((prompt or "").strip()) if self.world is not None else None
         if parsed is None:
             return []
         subject, relation, template = parsed
@@ -172,7 +171,7 @@ class PlaygroundSession:
     def unrelated_for(self, *prompts: str) -> list[tuple[str, str]]:
         """The first ``n_unrelated`` watched facts that are none of ``prompts`` and mention none of their subjects."""
         texts = {p.strip() for p in prompts}
-        parsed = [_parse_question(self.world, t) for t in texts] if self.world is not None else []
+        parsed = [self.world.parse_question(t) for t in texts] if self.world is not None else []
         subjects = {q[0] for q in parsed if q}
         keep = [(p, a) for p, a in self._unrelated if p not in texts and not any(s in p for s in subjects)]
         return keep[: self.n_unrelated]
@@ -301,17 +300,6 @@ def _mismatch(editor, model, name: str) -> str | None:
         check_fingerprint(base, model, where=f"editor {name!r}")
     except MismatchedModelError as e:
         return str(e)
-    return None
-
-
-def _parse_question(world: World, text: str) -> tuple[str, str, int] | None:
-    """(subject, relation, template) when ``text`` is one of the world's questions about one of its subjects."""
-    for r in world.relations:
-        for i, q in enumerate(r.questions):
-            head, _, tail = q.partition("{s}")
-            m = re.fullmatch(re.escape(head) + "(.+)" + re.escape(tail), text)
-            if m and (m.group(1), r.name) in world.facts:
-                return m.group(1), r.name, i
     return None
 
 

@@ -109,11 +109,17 @@ class World:
 
     @cached_property
     def _template_patterns(self) -> list[tuple[re.Pattern, str]]:
-        def pattern(template: str) -> re.Pattern:
-            parts = re.split(r"(\{s\}|\{o\})", template)
-            return re.compile("".join("(.+)" if p in ("{s}", "{o}") else re.escape(p) for p in parts) + r"\Z")
+        return [(_pattern(t), r.name) for r in self.relations for t in (*r.questions, *r.statements)]
 
-        return [(pattern(t), r.name) for r in self.relations for t in (*r.questions, *r.statements)]
+    def parse_question(self, text: str) -> tuple[str, str, int] | None:
+        """(subject, relation, template index) when ``text`` is one of this world's questions about one of its
+        subjects, else None."""
+        for r in self.relations:
+            for i, q in enumerate(r.questions):
+                m = _pattern(q).match(text)
+                if m and (m.group(1), r.name) in self.facts:
+                    return m.group(1), r.name, i
+        return None
 
     def relation_of(self, text: str) -> str | None:
         """The relation whose question or statement template ``text`` is written in (None for any other text,
@@ -306,6 +312,12 @@ class World:
         (out / "world.json").write_text(json.dumps(asdict(self.config)))
         paths["config"] = out / "world.json"
         return paths
+
+
+def _pattern(template: str) -> re.Pattern:
+    """A regex for ``template`` with each ``{s}`` / ``{o}`` a group."""
+    parts = re.split(r"(\{s\}|\{o\})", template)
+    return re.compile("".join("(.+)" if p in ("{s}", "{o}") else re.escape(p) for p in parts) + r"\Z")
 
 
 def _join_pretokens(words: list[str]) -> str:
