@@ -24,6 +24,8 @@ import torch
 from mendlab import checkpoint, losses
 from mendlab.data import Collator, EditExample
 from mendlab.edit import AGGREGATIONS, EditSet, Factors
+from mendlab.interrupts import DeferredSignals, TrainingInterrupted
+from mendlab.sampling import target_pool, vary
 
 
 class NonFiniteTrainingError(RuntimeError):
@@ -176,44 +178,6 @@ def validate(editor, model, batches: list, cfg: TrainConfig) -> dict[str, float]
     return sums
 
 
-def target_pool(requests: list[EditExample]) -> dict[str, list[str]]:
-    """relation → every answer (true or target) that QA requests of that relation have, sorted."""
-    out: dict[str, set[str]] = {}
-    for e in requests:
-        if e.kind == "qa" and e.relation:
-            out.setdefault(e.relation, set()).update(a for a in (e.target, e.original) if a)
-    return {r: sorted(v) for r, v in out.items()}
-
-
-def _vary(e: EditExample, pool: list[EditExample], rng: random.Random, cfg: TrainConfig,
-          targets: dict[str, list[str]] | None = None,
-          by_relation: dict[str, list[EditExample]] | None = None) -> EditExample:
-    """A training draw of request ``e``: another trained phrasing as x_e, a fresh x_loc and, with
-    ``resample_target``, a fresh wrong answer of the right type as y_e (see TrainConfig)."""
-    changes = {}
-    if cfg.resample_target and targets and e.kind == "qa" and e.relation in targets:
-        # departure: the tiny world has ~1k QA requests, and one fixed target each lets the editor memorise them
-        wrong = [o for o in targets[e.relation] if o != e.original]
-        if wrong:
-            changes["target"] = rng.choice(wrong)
-    phrasings = (e.prompt, *e.rephrases)
-    if cfg.mix_phrasings and len(phrasings) > 2:
-        x = rng.choice(phrasings)
-        changes.update(prompt=x, rephrases=tuple(p for p in phrasings if p != x))
-    if cfg.resample_locality:
-        if cfg.locality_same_relation > 0 and by_relation and rng.random() < cfg.locality_same_relation:
-            # departure: in the tiny worlds nearly every fact an edit breaks shares its relation (and template)
-            # with the edit, so x_loc is drawn there; the official sampler draws unrelated questions
-            pool = by_relation.get(e.relation) or pool
-        for _ in range(8):
-            other = pool[rng.randrange(len(pool))]
-            if other.subject != e.subject and (other.original is not None or other.kind == "gen"):
-                # generation: another subject's true passage, language-modelled on every token
-                changes["locality"] = (other.prompt, "") if other.kind == "gen" else (other.prompt, other.original)
-                break
-    return replace(e, **changes) if changes else e
-
-
 def _batches(collator: Collator, examples: list[EditExample], size: int, seed: int, device) -> list:
     rng = random.Random(seed)
     return [collator(examples[i:i + size], rng).to(device) for i in range(0, len(examples), size)]
@@ -296,7 +260,7 @@ class _Run:
             if not self.order:
                 self.order = list(range(len(self.train_set)))
                 self.rng.shuffle(self.order)
-            picked.append(_vary(self.train_set[self.order.pop()], self.train_set, self.rng, self.cfg, self.targets,
+            picked.append(vary(self.train_set[self.order.pop()], self.train_set, self.rng, self.cfg, self.targets,
                                 self.by_relation))
         return picked
 
@@ -304,6 +268,8 @@ class _Run:
         """One optimiser step (``accumulate`` micro-steps); a step with non-finite values is skipped."""
         cfg, state = self.cfg, self.state
         self.opt.zero_grad(set_to_none=True)
+        # the normaliser's statistics change in the forward pass: kept, so that a skipped step leaves no trace
+        buffers = [(b, b.detach().clone()) for b in self.editor.buffers()]
         logs = {"loss": 0.0, "l_edit": 0.0, "l_loc": 0.0, "es": 0.0}
         for _ in range(cfg.accumulate):
             batch = self.collator(self.sample(), self.rng).to(self.device)
@@ -319,6 +285,9 @@ class _Run:
             self.opt.step()
             state["nonfinite_run"] = 0
         else:
+            with torch.no_grad():
+                for b, saved in buffers:
+                    b.copy_(saved)
             self.result.skipped += 1
             state["nonfinite_run"] += 1
             if state["nonfinite_run"] >= cfg.max_nonfinite:
@@ -362,27 +331,40 @@ class _Run:
     def loop(self, progress: bool, callback) -> TrainResult:
         from tqdm.auto import tqdm
 
-        cfg, state, result = self.cfg, self.state, self.result
-        t0 = time.perf_counter() - state["elapsed"]
-        bar = tqdm(total=cfg.steps, initial=state["step"], desc=f"train {self.editor.alg}", disable=not progress,
-                   mininterval=1.0)
-        while state["step"] < cfg.steps:
-            record = self.step()
-            bar.update(1)
-            if record["step"] % cfg.val_every == 0 or record["step"] == cfg.steps:
-                val = self.validate(record)
-                bar.set_postfix(loss=f"{record['loss']:.3f}", val=f"{val['loss']:.3f}", val_es=f"{val['es']:.2f}")
-            result.history.append(record)
-            state["elapsed"] = time.perf_counter() - t0
-            if "val_loss" in record and self.ckpt is not None:
-                self.checkpoint()
-            if callback is not None:
-                callback(record["step"], record)
-            result.stopped = self.stop_reason() or ""
-            if result.stopped:
-                break
+        bar = tqdm(total=self.cfg.steps, initial=self.state["step"], desc=f"train {self.editor.alg}",
+                   disable=not progress, mininterval=1.0)
+        t0 = time.perf_counter() - self.state["elapsed"]
+        with DeferredSignals() as signals:  # Ctrl-C / SIGTERM: end the step, save, stop (a resumable run)
+            while self.state["step"] < self.cfg.steps and not self.result.stopped:
+                self.one_step(bar, callback, t0)
+                if signals.received:
+                    bar.close()
+                    self.interrupted(signals.received)
         bar.close()
         return self.finish()
+
+    def one_step(self, bar, callback, t0: float) -> None:
+        cfg, state, result = self.cfg, self.state, self.result
+        record = self.step()
+        bar.update(1)
+        if record["step"] % cfg.val_every == 0 or record["step"] == cfg.steps:
+            val = self.validate(record)
+            bar.set_postfix(loss=f"{record['loss']:.3f}", val=f"{val['loss']:.3f}", val_es=f"{val['es']:.2f}")
+        result.history.append(record)
+        state["elapsed"] = time.perf_counter() - t0
+        if "val_loss" in record and self.ckpt is not None:
+            self.checkpoint()
+        if callback is not None:
+            callback(record["step"], record)
+        result.stopped = self.stop_reason() or ""
+
+    def interrupted(self, name: str) -> None:
+        """After SIGINT/SIGTERM: a checkpoint of the finished steps (when there is ``out``), then stop."""
+        where = "no checkpoint (train without out=...)"
+        if self.ckpt is not None:
+            self.checkpoint()
+            where = f"checkpoint at step {self.state['step']} in {self.ckpt}; run the same command again to resume"
+        raise TrainingInterrupted(f"training stopped by {name}: {where}")
 
     def finish(self) -> TrainResult:
         result, out = self.result, self.out

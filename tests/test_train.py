@@ -83,7 +83,7 @@ def test_resample_target_draws_wrong_answers_of_the_same_relation():
     import random
 
     from mendlab.data import EditExample
-    from mendlab.train import _vary, target_pool
+    from mendlab.sampling import target_pool, vary
 
     def qa(s, r, true, target):
         return EditExample(f"{r} of {s}?", target, original=true, subject=s, relation=r,
@@ -94,16 +94,16 @@ def test_resample_target_draws_wrong_answers_of_the_same_relation():
     assert targets == {"colour": ["blue", "green", "red"], "pet": ["cat", "dog"]}
     cfg = TrainConfig(resample_target=True, resample_locality=False, mix_phrasings=False)
     rng = random.Random(0)
-    drawn = {_vary(pool[0], pool, rng, cfg, targets).target for _ in range(50)}
+    drawn = {vary(pool[0], pool, rng, cfg, targets).target for _ in range(50)}
     assert drawn == {"blue", "green"}  # never the true answer "red", never another relation's object
-    assert _vary(pool[0], pool, rng, TrainConfig(resample_locality=False), targets).target == "blue"
+    assert vary(pool[0], pool, rng, TrainConfig(resample_locality=False), targets).target == "blue"
 
 
 def test_same_relation_locality_draws_other_subjects_of_the_edit_relation():
     import random
 
     from mendlab.data import EditExample
-    from mendlab.train import _vary
+    from mendlab.sampling import vary
 
     def qa(s, r, true):
         return EditExample(f"{r} of {s}?", "x", original=true, subject=s, relation=r, locality=("q?", "a"))
@@ -116,7 +116,7 @@ def test_same_relation_locality_draws_other_subjects_of_the_edit_relation():
 
     def relations(p):
         cfg = TrainConfig(locality_same_relation=p, mix_phrasings=False)
-        locs = [_vary(pool[0], pool, rng, cfg, None, by_relation).locality for _ in range(300)]
+        locs = [vary(pool[0], pool, rng, cfg, None, by_relation).locality for _ in range(300)]
         assert all(not q.endswith("of A?") for q, _ in locs)  # never the edited subject
         assert all(a == f"{q.split(' of ')[0]}-{q[-2]}" for q, a in locs)  # the other request's true answer
         return [q.split(" of ")[0] for q, _ in locs]
@@ -167,3 +167,52 @@ def test_only_generation_editors_key_on_the_target_sampler():
     # None is a model's default task (QA or claims), never generation: its editors keep their cache folders
     assert experiments._task_key(None) == experiments._task_key("qa") == experiments._task_key("claim")
     assert experiments._task_key("gen")["gen_targets"] != experiments._task_key("qa")["gen_targets"]
+
+
+def test_a_skipped_step_leaves_the_normaliser_and_weights_untouched(micro, monkeypatch):
+    """The forward pass folds the batch into the normaliser before the loss is known to be NaN: undone."""
+    import mendlab.train as train_module
+
+    editor, model, tok, t = _setup(micro)
+    real, calls = train_module.edit_step, []
+
+    def poisoned(editor, *args, **kwargs):  # training steps after the first come out NaN; validation is real
+        out = real(editor, *args, **kwargs)
+        calls.append(editor.training)
+        if editor.training and sum(calls) > 1:
+            out = {**out, "loss": out["loss"] * float("nan")}
+        return out
+
+    monkeypatch.setattr(train_module, "edit_step", poisoned)
+    states = {}
+    keep = lambda step, record: states.update({step: {k: v.clone() for k, v in editor.state_dict().items()}})  # noqa: E731
+    cfg = TrainConfig(steps=3, edits_per_step=2, val_every=100, val_size=2, max_nonfinite=10)
+    result = train(editor, model, tok, t.train, t.val, cfg, progress=False, callback=keep)
+    assert result.skipped == 2
+    assert any(k.endswith("count") for k in states[1])  # the normaliser's buffers are among what is compared
+    assert all(torch.equal(states[1][k], states[3][k]) for k in states[1]), "a skipped step changed the editor"
+
+
+def test_sigterm_finishes_the_step_writes_a_checkpoint_and_resumes(micro, tmp_path):
+    import os
+    import signal
+    import threading
+
+    from mendlab.interrupts import TrainingInterrupted
+
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers can only be installed in the main thread")
+    editor, model, tok, t = _setup(micro)
+    full = train(editor, model, tok, t.train, t.val, CFG, out=tmp_path / "a", progress=False)
+    editor, *_ = _setup(micro)
+    kill = lambda step, record: os.kill(os.getpid(), signal.SIGTERM) if step == 5 else None  # noqa: E731
+    with pytest.raises(TrainingInterrupted, match="SIGTERM.*step 5"):
+        train(editor, model, tok, t.train, t.val, CFG, out=tmp_path / "b", progress=False, callback=kill)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler was put back
+    editor, *_ = _setup(micro)
+    calls = []
+    resumed = train(editor, model, tok, t.train, t.val, CFG, out=tmp_path / "b", progress=False,
+                    callback=lambda step, record: calls.append(step))
+    assert calls == list(range(6, 13))  # nothing lost: step 5 was finished and saved
+    assert resumed.best_val == pytest.approx(full.best_val, rel=1e-4)
+    assert [r["step"] for r in resumed.history] == list(range(1, 13))
