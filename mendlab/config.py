@@ -77,8 +77,27 @@ def settings(name: str | None = None) -> Profile:
 def cache_dir() -> Path:
     """``$MENDLAB_CACHE`` or ``~/.cache/mendlab``, created on first use."""
     path = Path(os.environ.get("MENDLAB_CACHE") or Path.home() / ".cache" / "mendlab").expanduser()
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PermissionError(f"cannot create the mendlab cache folder {path} ({e}); set MENDLAB_CACHE to a "
+                              "writable folder") from e
     return path
+
+
+def writable(folder: Path) -> Path:
+    """``folder`` (created if missing) when this process can write into it; a ``PermissionError`` naming it and
+    ``MENDLAB_CACHE`` otherwise. Called before a build or a training run starts, not after its work is done.
+    A read-only cache still serves what it already holds."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as e:
+        raise PermissionError(f"the mendlab cache folder {folder} is not writable ({e.strerror or e}); set "
+                              "MENDLAB_CACHE to a writable folder, or build what you need where you can write") from e
+    return folder
 
 
 def config_hash(obj) -> str:

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
+import shutil
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -339,19 +342,22 @@ def build(name: str | ZooSpec, profile: str | None = None, seed: int | None = No
     if card_file.exists():
         card = json.loads(card_file.read_text())
         return {**card, "path": str(path), "cached": True, "seconds": round(time.perf_counter() - t0, 2)}
+    cfg.writable(path.parent)  # before minutes of training, not after
     model, tokenizer, metrics = train_model(s, progress=progress)
-    tmp = path.with_name(path.name + ".tmp")
+    # a folder of this process's own: two processes building the same model never share a temporary folder
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache is shared like any other
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     card = {"name": s.name, "model_type": s.model_type, "params": sum(p.numel() for p in model.parameters()),
             **metrics, "build_seconds": round(time.perf_counter() - t0, 1), "spec": asdict(s)}
     (tmp / "mendlab_card.json").write_text(json.dumps(card, indent=1))
-    if path.exists():  # a concurrent build finished first
-        import shutil
-
+    try:
+        os.rename(tmp, path)  # atomic; fails when a concurrent build renamed its copy first
+    except OSError:
+        if not (path / "mendlab_card.json").exists():
+            raise
         shutil.rmtree(tmp)
-    else:
-        tmp.rename(path)
     return {**card, "path": str(path), "cached": False, "seconds": card["build_seconds"]}
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import warnings
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -243,15 +244,22 @@ def _has_all(model, names) -> bool:
 
 def save_editor(editor: torch.nn.Module, directory: str | Path, config: dict) -> Path:
     """``editor.safetensors`` (the editor's state dict) and ``editor_config.json`` (``config``, which should
-    hold ``alg`` and ``base_model``): what every trainable editor's ``save_pretrained`` writes."""
+    hold ``alg`` and ``base_model``): what every trainable editor's ``save_pretrained`` writes. Each file is
+    written under a temporary name and renamed into place, so a crash never leaves half a file."""
     from safetensors.torch import save_file
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().contiguous().cpu() for k, v in editor.state_dict().items()},
-              str(directory / WEIGHTS_FILE))
-    (directory / CONFIG_FILE).write_text(json.dumps(config, indent=1))
+    weights, cfg = directory / WEIGHTS_FILE, directory / CONFIG_FILE
+    save_file({k: v.detach().contiguous().cpu() for k, v in editor.state_dict().items()}, str(_tmp(weights)))
+    _tmp(cfg).write_text(json.dumps(config, indent=1))
+    os.replace(_tmp(weights), weights)
+    os.replace(_tmp(cfg), cfg)
     return directory
+
+
+def _tmp(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
 def read_editor_config(directory: str | Path, alg: str, model=None) -> dict:
@@ -260,7 +268,10 @@ def read_editor_config(directory: str | Path, alg: str, model=None) -> dict:
     directory = Path(directory)
     if not (directory / CONFIG_FILE).exists():
         raise FileNotFoundError(f"{directory} has no {CONFIG_FILE}; is it a saved {alg} editor?")
-    cfg = json.loads((directory / CONFIG_FILE).read_text())
+    try:
+        cfg = json.loads((directory / CONFIG_FILE).read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{directory / CONFIG_FILE} is not valid JSON ({e}); save the editor again") from e
     if cfg.get("alg", "mend") != alg:
         raise ValueError(f"{directory} holds a {cfg.get('alg')!r} editor, not {alg!r}")
     if model is not None:
@@ -273,6 +284,14 @@ def load_editor_state(editor: torch.nn.Module, directory: str | Path, device=Non
     an edit would move a normaliser's statistics), on ``device`` if given."""
     from safetensors.torch import load_file
 
-    editor.load_state_dict(load_file(str(Path(directory) / WEIGHTS_FILE)))
+    path = Path(directory) / WEIGHTS_FILE
+    try:
+        state = load_file(str(path))
+        bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        if bad:
+            raise ValueError(f"non-finite values in {', '.join(bad[:5])}")
+        editor.load_state_dict(state)
+    except Exception as e:  # a truncated, foreign or poisoned file: name it, never edit with half of it
+        raise ValueError(f"{path} cannot be loaded as this editor's weights ({type(e).__name__}: {e})") from e
     editor.eval()
     return editor.to(device) if device is not None else editor
