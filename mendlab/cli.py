@@ -12,8 +12,11 @@ import sys
 import time
 from pathlib import Path
 
+from mendlab import cli_course
+from mendlab.cli_data import add_data_arguments
 from mendlab.cli_tables import ADD_TABLE_COMMANDS, command, emit
 from mendlab.editors import ALGS  # the parser's choices (building it imports the editors anyway)
+from mendlab.interrupts import TrainingInterrupted
 
 
 def _setup(args) -> None:
@@ -74,18 +77,21 @@ def cmd_zoo(args) -> None:
 
 def cmd_train(args) -> None:
     from mendlab import experiments
+    from mendlab.cli_data import prepare
     from mendlab.editors import editor_class
     from mendlab.nets import NetConfig
     from mendlab.train import TrainConfig
 
+    data = prepare(args)  # --data and its files, or None (the zoo model's world)
+    task = args.task or (data.task_name if data else None)
     overrides = {k: v for k, v in (("steps", args.steps), ("time_limit", args.time_limit)) if v is not None}
-    overrides = {**editor_class(args.alg).train_overrides(args.task), **overrides, **_settings(args.set, TrainConfig)}
+    overrides = {**editor_class(args.alg).train_overrides(task), **overrides, **_settings(args.set, TrainConfig)}
     cfg = TrainConfig.for_profile(seed=args.seed, **overrides)
     net = _settings(args.net, NetConfig, "--net")
     names = [n.strip() for n in args.weights.split(",") if n.strip()] if args.weights else None
-    _, _, _, card = experiments.train_editor(args.model, args.alg, args.variant, args.seed, args.task, args.out,
+    _, _, _, card = experiments.train_editor(args.model, args.alg, args.variant, args.seed, task, args.out,
                                              cfg, progress=not args.json, force=args.force, names=names,
-                                             net=net or None)
+                                             net=net or None, data=data)
     if "lr" in card:  # FT / FT+KL: nothing trained, an lr chosen on validation edits
         sweep = "\n".join(f"  lr {r['lr']:g}: es_edit {r['es_edit']:.3f}, es_rephrase {r['es_rephrase']:.3f}"
                           for r in card["sweep"])
@@ -128,18 +134,21 @@ def _load_editor(args):
     """(editor, model, tok, seed, card) from ``--editor DIR`` (any saved trainable editor), or, without it, the
     editor ``experiments.train_editor`` gives for ``--alg`` (cached; FT/FT+KL: lr swept on validation edits)."""
     from mendlab import experiments, zoo
+    from mendlab.cli_data import prepare
     from mendlab.editors import load_editor
 
     if args.editor is None:
         seed = args.seed or 0
         editor, model, tok, card = experiments.train_editor(args.model, args.alg or "mend", seed=seed,
-                                                            task=getattr(args, "task", None), progress=not args.json)
+                                                            task=getattr(args, "task", None), progress=not args.json,
+                                                            data=prepare(args))
         return editor, model, tok, seed, card
     root = Path(args.editor)  # the saved editor folder (DIR or DIR/best) and its training card, if any
     best = root / "best" if (root / "best").exists() else root
     card_file = best.parent / "train_card.json"
     card = json.loads(card_file.read_text()) if card_file.exists() else {}
     seed = args.seed if args.seed is not None else card.get("seed", 0)
+    prepare(args, card)  # clear errors for a model that cannot load here, before loading it
     model, tok = zoo.load(args.model, seed=seed if args.model in zoo.names() else None, progress=not args.json)
     editor = load_editor(best, model)
     if args.alg is not None and editor.alg != args.alg:
@@ -148,14 +157,20 @@ def _load_editor(args):
 
 
 def cmd_eval(args) -> None:
-    from mendlab import experiments, metrics
+    from mendlab import experiments, filetasks, metrics
+    from mendlab.cli_data import data_files
 
     t0 = time.perf_counter()
     editor, model, tok, seed, card = _load_editor(args)
-    result = experiments.evaluate_editor(editor, model, tok, args.model, seed=seed, task=card.get("task"),
-                                         split=args.split, n=args.n, n_edits=args.n_edits, progress=not args.json)
+    data = data_files(args, card)  # --data, else the files the editor was trained on, else the world
+    if data is not None:
+        result = filetasks.evaluate(editor, model, tok, data, args.split, args.n, args.n_edits, not args.json)
+    else:
+        result = experiments.evaluate_editor(editor, model, tok, args.model, seed=seed, task=card.get("task"),
+                                             split=args.split, n=args.n, n_edits=args.n_edits, progress=not args.json)
     result = {**metrics.rounded(result, 4), "model": args.model, "alg": editor.alg, "seed": seed,
-              "task": card.get("task"), "split": args.split, "seconds": round(time.perf_counter() - t0, 1)}
+              "task": card.get("task"), "data": data and data.data, "split": args.split,
+              "seconds": round(time.perf_counter() - t0, 1)}
     emit(args, result, "\n".join(f"{k:12s} {v}" for k, v in result.items()))
 
 
@@ -163,11 +178,15 @@ def cmd_edit(args) -> None:
     import pandas as pd
 
     from mendlab import experiments, tasks, zoo
+    from mendlab.cli_data import data_files
     from mendlab.families import get_family
 
     editor, model, tok, seed, card = _load_editor(args)
     unrelated = [tuple(u.split("=", 1)) for u in args.unrelated]
-    if not unrelated and args.model in zoo.names():
+    data = data_files(args, card)
+    if not unrelated and data is not None:  # one unrelated fact of the files' panel
+        unrelated = data.task(get_family(model).kind, tok).panel[:1]
+    elif not unrelated and args.model in zoo.names():
         unrelated = tasks.from_world(zoo.world_of(args.model, seed=seed), get_family(model).kind).panel[:1]
     _, df = experiments.edit_report(editor, model, tok, args.prompt, args.target, args.rephrase, unrelated)
     with pd.option_context("display.width", 160, "display.max_colwidth", 50):
@@ -250,7 +269,7 @@ def _add_zoo(sub) -> None:
 
 def _add_train(sub) -> None:
     t = command(sub, "train", cmd_train, "train an editor for a model (cached by configuration)")
-    t.add_argument("--model", default="tiny-gpt2", help="zoo name or local model folder")
+    t.add_argument("--model", default="tiny-gpt2", help="zoo name, local Hugging Face folder or hub name (online)")
     t.add_argument("--alg", default="mend", choices=ALGS, help="ft and ft_kl train nothing: their lr is swept on "
                                                                   "validation edits")
     t.add_argument("--variant", default="mend", help="mend, no_share, no_norm, no_id_init, only_u, only_delta, "
@@ -267,6 +286,7 @@ def _add_train(sub) -> None:
     t.add_argument("--weights", default=None, metavar="NAME[,NAME...]",
                    help="the weights to edit, full parameter names (default: the family's, see `families`)")
     t.add_argument("--force", action="store_true", help="retrain even when cached")
+    add_data_arguments(t)
 
 
 def _add_eval(sub) -> None:
@@ -280,6 +300,7 @@ def _add_eval(sub) -> None:
     e.add_argument("--n", type=int, default=None, help="evaluate only the first N requests")
     e.add_argument("--split", default="test", choices=("val", "test"))
     e.add_argument("--seed", type=int, default=None, help="default: the editor's training seed")
+    add_data_arguments(e)
 
 
 def _add_edit(sub) -> None:
@@ -292,6 +313,7 @@ def _add_edit(sub) -> None:
     ed.add_argument("--rephrase", action="append", default=[], help="an equivalent prompt (repeatable)")
     ed.add_argument("--unrelated", action="append", default=[], help="PROMPT=ANSWER that must not change")
     ed.add_argument("--seed", type=int, default=None)
+    add_data_arguments(ed)
 
 
 def _add_demo(sub) -> None:
@@ -328,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", choices=("ci", "full"), help="overrides $MENDLAB_PROFILE")
     sub = p.add_subparsers(dest="cmd", required=True)
     for add in (_add_world, _add_zoo, _add_train, _add_eval, _add_edit, *ADD_TABLE_COMMANDS, _add_demo,
-                _add_scale):
+                _add_scale, cli_course.add_parser):
         add(sub)
     return p
 
@@ -342,4 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyError, ValueError) as e:
         print(f"mendlab: error: {e}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as e:  # SIGINT/SIGTERM after a checkpoint: a message, not a traceback
+        print(f"mendlab: {e}", file=sys.stderr)
+        return 130
     return 0

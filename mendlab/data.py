@@ -1,9 +1,9 @@
 """Edit records, readers for MEND's file formats, and collators to tensors.
 
 ``EditExample`` is one edit with its neighbourhood; the same record serves QA, fact-checking and generation.
-The readers load the files the world writes *and* MEND's released files (paper Appendix C) through
-``datasets``. ``Collator`` turns examples into an :class:`EditBatch` for a decoder, an encoder-decoder or a
-classifier; label masking (−100) lives only here.
+The readers load the files the world writes *and* MEND's released files (paper Appendix C); a malformed
+record is a :class:`DataFileError` naming the file, the line and the field. ``Collator`` turns examples into an
+:class:`EditBatch` for a decoder, an encoder-decoder or a classifier; label masking (−100) lives only here.
 """
 
 from __future__ import annotations
@@ -69,17 +69,71 @@ def drop_first_sentence(text: str) -> str:
 
 
 # -- readers ----------------------------------------------------------------------------------------------------
-def _load_json_records(path: str | Path) -> list[dict]:
-    import datasets
+class DataFileError(ValueError):
+    """A data file that does not hold what its reader expects; the message names the file, line and field."""
 
-    ds = datasets.load_dataset("json", data_files=str(path), split="train", keep_in_memory=True)
-    return ds.to_list()
+
+def _where(path, line: int | None = None, field: str | None = None) -> str:
+    return f"{path}" + (f", line {line}" if line else "") + (f", field {field!r}" if field else "")
+
+
+def _read_jsonl(path: str | Path) -> list[tuple[int, dict]]:
+    """(line number, record) for each non-blank line of a JSON-lines file."""
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataFileError(f"{_where(path, n)}: not a JSON record ({err.msg} at column {err.colno}); "
+                                    "a JSON-lines file holds one JSON object per line") from None
+            if not isinstance(record, dict):
+                raise DataFileError(f"{_where(path, n)}: a record must be a JSON object, not {type(record).__name__}")
+            out.append((n, record))
+    return out
+
+
+def _check_field(r: dict, name: str, want: str, where) -> None:
+    """Raise a :class:`DataFileError` unless ``r[name]`` (if present and not null) has shape ``want``:
+    ``"str"``, ``"strs"`` (a list of strings) or ``"answers"`` (a list whose first item is ``{"answer": str}``;
+    KILT's later items may hold only provenance)."""
+    v = r.get(name)
+    ok = v is None or (isinstance(v, str) if want == "str" else isinstance(v, list) and (
+        all(isinstance(x, str) for x in v) if want == "strs" else
+        bool(v) and isinstance(v[0], dict) and isinstance(v[0].get("answer"), str)))
+    if not ok:
+        shape = {"str": "a string", "strs": "a list of strings", "answers": 'a list starting with {"answer": ...}'}
+        raise DataFileError(f"{where(name)}: must be {shape[want]}, got {json.dumps(v)[:60]}")
+
+
+def _check_kilt_record(r: dict, kind: str, where) -> None:
+    for name in ("input", "prediction", "subject", "relation", "loc", "loc_ans"):
+        _check_field(r, name, "str", where)
+    for name in ("alternatives", "filtered_rephrases", "heldout_rephrases"):
+        _check_field(r, name, "strs", where)
+    _check_field(r, "output", "answers", where)
+    if not isinstance(r.get("input"), str):
+        raise DataFileError(f"{where('input')}: missing; every record needs the question or claim to edit")
+    if (r.get("loc") is None) != (r.get("loc_ans") is None):
+        raise DataFileError(f"{where('loc_ans' if r.get('loc') is not None else 'loc')}: missing; 'loc' and "
+                            "'loc_ans' come together")
+    if r.get("loc") is None and r.get("output") is None:
+        raise DataFileError(f"{where('output')}: missing; a record without 'loc' needs its gold answer "
+                            "(it is another record's unrelated fact)")
+    for name in ("alternatives", "prediction"):
+        value = r.get(name)
+        labels = value if isinstance(value, list) else [value] if value is not None else []
+        if kind == "claim" and any(v not in LABELS for v in labels):
+            raise DataFileError(f"{where(name)}: a FEVER label is one of {LABELS}, got {json.dumps(value)[:60]}")
 
 
 def _kilt_examples(path: str | Path, kind: str) -> list[EditExample]:
     records = []
-    for r in _load_json_records(path):  # as MEND: drop the input from its rephrases, then filter
-        rephrases = tuple(x for x in r.get("filtered_rephrases") or () if x != r["input"])
+    for n, r in _read_jsonl(path):  # as MEND: drop the input from its rephrases, then filter
+        _check_kilt_record(r, kind, lambda field, n=n: _where(path, n, field))
+        rephrases = tuple(x for x in r.get("filtered_rephrases") or () if x != r["input"] and x.strip())
         if r.get("alternatives") and str(r["alternatives"][0]).strip() and str(r["input"]).strip() and rephrases:
             records.append((r, rephrases))
     n = len(records)
@@ -102,13 +156,38 @@ def read_zsre(path: str | Path) -> list[EditExample]:
     """zsRE-style JSONL → QA edits. Target = ``alternatives[0]`` (MEND samples one at random each time).
 
     Records with no alternative or no rephrase are dropped, as in MEND; the input is removed from its rephrases.
+    A record that is not JSON, or whose fields have the wrong shape, is a :class:`DataFileError` naming the
+    file, the line and the field.
     """
     return _kilt_examples(path, "qa")
 
 
 def read_fever(path: str | Path) -> list[EditExample]:
-    """FEVER-style JSONL → claim edits whose target is the flipped label ``alternatives[0]``."""
+    """FEVER-style JSONL → claim edits whose target is the flipped label ``alternatives[0]`` (errors as
+    :func:`read_zsre`; labels must be ``SUPPORTS`` or ``REFUTES``)."""
     return _kilt_examples(path, "claim")
+
+
+def _read_json(path: str | Path, fields: dict[str, str]) -> dict:
+    """A JSON object file whose ``fields`` (name → ``"int"`` or ``"strs"``) are checked, with clear errors."""
+    try:
+        blob = json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise DataFileError(f"{_where(path, err.lineno)}: not JSON ({err.msg} at column {err.colno})") from None
+    if not isinstance(blob, dict):
+        raise DataFileError(f"{path}: must hold one JSON object, got {type(blob).__name__}")
+    for name, want in fields.items():
+        value = blob.get(name)
+        if value is None:
+            raise DataFileError(f"{_where(path, field=name)}: missing")
+        if want == "int" and not isinstance(value, int):
+            raise DataFileError(f"{_where(path, field=name)}: must be an integer, got {json.dumps(value)[:40]}")
+        if want == "strs":
+            bad = [i for i, x in enumerate(value) if not isinstance(x, str)] if isinstance(value, list) else [None]
+            if bad:
+                item = "" if bad[0] is None else f" (item {bad[0]} is {json.dumps(value[bad[0]])[:40]})"
+                raise DataFileError(f"{_where(path, field=name)}: must be a list of strings{item}")
+    return blob
 
 
 def read_self_sample(path: str | Path, tokenizer) -> list[EditExample]:
@@ -117,14 +196,18 @@ def read_self_sample(path: str | Path, tokenizer) -> list[EditExample]:
     The target is the last ``n_tokens`` tokens of each completion under ``tokenizer``; the split falls before
     the whitespace that precedes the first target token, so ``prompt + target`` is the completion.
     """
-    blob = json.loads(Path(path).read_text())
+    blob = _read_json(path, {"n_tokens": "int", "completions": "strs"})
     n = int(blob["n_tokens"])
     out = []
     subjects = blob.get("subjects") or [""] * len(blob["completions"])  # our extension field
-    for text, subject in zip(blob["completions"], subjects, strict=True):
+    if len(subjects) != len(blob["completions"]):
+        raise DataFileError(f"{_where(path, field='subjects')}: {len(subjects)} subjects for "
+                            f"{len(blob['completions'])} completions")
+    for i, (text, subject) in enumerate(zip(blob["completions"], subjects, strict=True)):
         offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
         if len(offsets) <= n:
-            raise ValueError(f"completion shorter than n_tokens={n}: {text[:60]!r}")
+            raise DataFileError(f"{_where(path, field=f'completions[{i}]')}: completion shorter than "
+                                f"n_tokens={n}: {text[:60]!r}")
         cut = offsets[-n][0]
         while cut > 0 and text[cut - 1].isspace():
             cut -= 1
@@ -144,7 +227,10 @@ def read_wikitext(path: str | Path) -> list[str]:
 
 def read_nq(path: str | Path) -> list[tuple[str, str]]:
     """MEND's Natural Questions file ``{"questions": [...], "answers": [...]}`` → (question, answer) pairs."""
-    blob = json.loads(Path(path).read_text())
+    blob = _read_json(path, {"questions": "strs", "answers": "strs"})
+    if len(blob["questions"]) != len(blob["answers"]):
+        raise DataFileError(f"{_where(path, field='answers')}: {len(blob['answers'])} answers for "
+                            f"{len(blob['questions'])} questions")
     return list(zip(blob["questions"], blob["answers"], strict=True))
 
 
@@ -198,9 +284,9 @@ class Collator:
     def for_model(cls, model, tokenizer, max_length: int | None = None, **kw) -> Collator:
         """The collator for ``model``: ``max_length`` is the model's position limit, or ``max_length`` if
         smaller (a model without one, as T5, reads ``max_length`` or 128 tokens)."""
-        from mendlab.families import get_family
+        from mendlab.families import kind_of
 
-        kind = get_family(model).kind
+        kind = kind_of(model)
         start = getattr(model.config, "decoder_start_token_id", None)
         if start is None and kind == "seq2seq":  # HF's T5 convention when a config leaves it unset
             start = getattr(model.config, "pad_token_id", None)

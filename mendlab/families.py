@@ -91,9 +91,30 @@ def get_family(obj: object) -> Family:
         f"model_type {model_type!r} has no default MEND weights; supported model types: "
         f"{', '.join(supported())}. Pass the weights to edit explicitly, e.g. "
         "edited_weights(model, names=['transformer.h.5.mlp.c_fc.weight', ...]) or "
-        "MEND.for_model(model, config) with weights=[...] (full names from model.named_parameters()), "
+        "MEND.for_model(model, config, names=[...]) (full names from model.named_parameters()), "
         "or register the architecture with mendlab.families.register(Family(...))."
     )
+
+
+_KIND_BY_HEAD = (("ForCausalLM", "decoder"), ("LMHeadModel", "decoder"), ("ForConditionalGeneration", "seq2seq"),
+                 ("ForSeq2SeqLM", "seq2seq"), ("ForSequenceClassification", "classifier"))
+
+
+def kind_of(model: nn.Module) -> str:
+    """``"decoder"``, ``"seq2seq"`` or ``"classifier"``: the registered family's kind, else read from the head
+    class (``LlamaForCausalLM`` → decoder), so that a model of an unregistered type can still be edited on
+    explicitly named weights."""
+    if _model_type(model) in REGISTRY:
+        return REGISTRY[_model_type(model)].kind
+    head = type(model).__name__
+    if getattr(model.config, "is_encoder_decoder", False) and "ForSequenceClassification" not in head:
+        return "seq2seq"
+    for suffix, kind in _KIND_BY_HEAD:
+        if head.endswith(suffix):
+            return kind
+    raise UnsupportedModelError(f"{head} (model_type {_model_type(model)!r}) is not registered and its head "
+                                "says neither causal LM, seq2seq LM nor sequence classification; register it with "
+                                "mendlab.families.register(Family(...))")
 
 
 def _param(model: nn.Module, name: str) -> nn.Parameter:
@@ -114,6 +135,11 @@ def _matrix(model: nn.Module, name: str) -> nn.Parameter:
     param = _param(model, name)
     if param.dim() != 2:
         raise ValueError(f"{name!r} has shape {tuple(param.shape)}; MEND edits 2-D weight matrices only")
+    owner = _owner(model, name)
+    if not isinstance(owner, (nn.Linear, Conv1D)) or name.rpartition(".")[2] != "weight":
+        # the rank-1 gradient u δᵀ is built from a layer's input and output gradient: only a linear map has one
+        raise ValueError(f"{name!r} belongs to a {type(owner).__name__}; MEND edits the weight of a Linear or "
+                         "Conv1D layer only (embeddings and other tables have no rank-1 input/output gradient)")
     return param
 
 

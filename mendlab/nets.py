@@ -235,9 +235,10 @@ class EditorNet(nn.Module):
         self.edit_lrs = nn.Parameter(torch.full((len(self.names),), float(config.edit_lr)))
 
     def forward(self, name: str, u: torch.Tensor, delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Pseudo-activations and pseudo-deltas for the rows of weight ``name`` (float32)."""
+        """Pseudo-activations and pseudo-deltas for the rows of weight ``name``, in the editor's own precision
+        (float32 unless it was cast), whatever the model's: a bf16 model's rows are computed on in float32."""
         key, mode = self.route[name]
-        return self.transforms[key](u.float(), delta.float(), mode)
+        return self.transforms[key](u.to(self.edit_lrs.dtype), delta.to(self.edit_lrs.dtype), mode)
 
     def forward_all(self, rows: dict[str, tuple[torch.Tensor, torch.Tensor]]
                     ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -248,8 +249,8 @@ class EditorNet(nn.Module):
         out = {}
         for key, members in self._groups().items():
             sizes = [rows[n][0].shape[0] for n in members]
-            u = torch.cat([rows[n][0] for n in members]).float()
-            d = torch.cat([rows[n][1] for n in members]).float()
+            u = torch.cat([rows[n][0] for n in members]).to(self.edit_lrs.dtype)
+            d = torch.cat([rows[n][1] for n in members]).to(self.edit_lrs.dtype)
             mode = self.route[members[0]][1]
             if mode is not None and len(members) > 1:
                 mode = self._modes(key, members, sizes, u.device)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from einops import rearrange
 
-from mendlab.families import _owner, edited_weights, get_family, is_conv1d
+from mendlab.families import _owner, edited_weights, is_conv1d, kind_of
 from mendlab.losses import forward, nll
 
 
@@ -110,7 +110,7 @@ def capture(model: torch.nn.Module, names: Sequence[str] | None = None) -> Itera
 
 def gradients(model: torch.nn.Module, enc: dict, names: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
     """Σ_t δ_t u_tᵀ per edited weight for the mean NLL of ``enc``'s labels, in each weight's layout."""
-    kind = get_family(model).kind
+    kind = kind_of(model)
     names = edited_weights(model, names)
     with capture(model, names) as cap:
         rows = cap.rows(nll(kind, forward(model, enc), enc["labels"]))
@@ -120,7 +120,7 @@ def gradients(model: torch.nn.Module, enc: dict, names: Sequence[str] | None = N
 def autograd_gradients(model: torch.nn.Module, enc: dict, names: Sequence[str] | None = None
                        ) -> dict[str, torch.Tensor]:
     """The same gradients from plain autograd on the weights (the independent reference)."""
-    kind = get_family(model).kind
+    kind = kind_of(model)
     names = edited_weights(model, names)
     params = dict(model.named_parameters())
     weights = [params[n] for n in names]

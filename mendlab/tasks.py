@@ -1,7 +1,8 @@
 """The editing problem for one model: edit requests per split and the unrelated facts an edit must keep.
 
 A :class:`Task` is what ``train.py`` and ``metrics.py`` consume; it is built from a :class:`~mendlab.world.World`
-(or from any lists of :class:`~mendlab.data.EditExample` a user reads from MEND's own files).
+(:func:`from_world`), from MEND's released data files (:func:`mendlab.filetasks.from_files`, what ``mendlab train
+--data`` uses) or from any lists of :class:`~mendlab.data.EditExample`.
 """
 
 from __future__ import annotations

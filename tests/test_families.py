@@ -206,7 +206,7 @@ def test_unsupported_model(llama):
         get_family(llama)
     with pytest.raises(UnsupportedModelError, match="llama"):
         default_edited_weights(llama)
-    with pytest.raises(ValueError, match=re.escape("MEND.for_model(model, config)")):
+    with pytest.raises(ValueError, match=re.escape("MEND.for_model(model, config, names=[...])")):
         edited_weights(llama)
     with pytest.raises(UnsupportedModelError, match="opt"):
         get_family("opt")

@@ -246,3 +246,67 @@ def test_an_editor_used_with_another_model_names_both(micro):
     bigger = _small_gpt2(tok, n_embd=64, name="bigger-gpt2")
     with pytest.raises(MismatchedModelError, match="small-gpt2.*bigger-gpt2"):
         editor.edit(bigger, tok, REQUEST)
+
+
+# -- models and weights -----------------------------------------------------------------------------------------
+def _llama():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                      num_key_value_heads=2, vocab_size=100)
+    torch.manual_seed(0)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def _tokens(vocab: int = 100) -> dict:
+    ids = torch.randint(vocab, (2, 8), generator=torch.Generator().manual_seed(0))
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
+
+
+def test_an_unregistered_model_type_says_how_and_then_edits_on_named_weights():
+    from mendlab.families import UnsupportedModelError
+
+    model = _llama()
+    with pytest.raises(UnsupportedModelError, match="MEND.for_model\\(model, config, names="):
+        MEND.for_model(model, NetConfig(rank=4))
+    editor = MEND.for_model(model, NetConfig(rank=4, norm=False), names=["model.layers.1.mlp.down_proj.weight"])
+    assert editor.kind == "decoder"  # read from the head class, LlamaForCausalLM
+    edit = editor.eval().edit(model, _tokens())
+    assert edit.forward(model, _tokens()).shape == (2, 8, 100)
+
+
+@pytest.mark.parametrize("name, owner", [("transformer.wte.weight", "Embedding"),
+                                         ("transformer.wpe.weight", "Embedding")])
+def test_weights_that_are_not_linear_maps_are_refused_by_name(micro, name, owner):
+    model, _, _ = micro("gpt2")
+    with pytest.raises(ValueError, match=f"{name}.*belongs to a {owner}"):
+        MEND.for_model(model, NetConfig(rank=4), names=[name])
+
+
+def test_a_meta_device_model_is_counted_but_never_edited(micro):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    model, _, _ = micro("gpt2")
+    with torch.device("meta"):
+        meta = GPT2LMHeadModel(GPT2Config(**{k: getattr(model.config, k) for k in
+                                             ("n_layer", "n_embd", "n_head", "vocab_size", "n_positions")}))
+    counted = MEND.for_model(meta, NetConfig(rank=4))  # sizes are known without weights (chapter 07 does this)
+    assert counted.num_parameters() == MEND.for_model(model, NetConfig(rank=4)).num_parameters()
+    editor = MEND.for_model(model, NetConfig(rank=4, norm=False)).eval()
+    with pytest.raises(ValueError, match="meta device"):
+        editor.edit(meta, _tokens(model.config.vocab_size))
+
+
+@pytest.mark.parametrize("model_dtype, editor_dtype", [(torch.bfloat16, torch.float32),
+                                                       (torch.float32, torch.bfloat16)])
+def test_a_model_and_an_editor_in_different_precisions_edit_together(micro, model_dtype, editor_dtype):
+    _, tok, _ = micro("gpt2")
+    model = _small_gpt2(tok).to(model_dtype)
+    editor = MEND.for_model(model, NetConfig(rank=4, norm=False)).eval()
+    reference = editor.edit(model, _tokens(model.config.vocab_size))
+    editor.to(editor_dtype)
+    edit = editor.edit(model, _tokens(model.config.vocab_size))
+    logits = edit.forward(model, _tokens(model.config.vocab_size))
+    assert torch.isfinite(logits.float()).all()
+    for name, f in edit.factors.items():
+        assert torch.allclose(f.delta.float(), reference.factors[name].delta.float(), rtol=0.05, atol=1e-3)

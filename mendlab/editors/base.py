@@ -34,7 +34,7 @@ from torch import nn
 
 from mendlab.data import Collator, EditBatch, EditExample
 from mendlab.edit_guard import MismatchedModelError, base_of, describe
-from mendlab.families import edited_weights, get_family, shape_key
+from mendlab.families import edited_weights, shape_key
 
 WEIGHTS_FILE, CONFIG_FILE = "editor.safetensors", "editor_config.json"
 
@@ -145,6 +145,9 @@ def guarded(method):
     """``edit`` / ``edit_many`` of an editor, checked against the model, run in eval mode, fingerprinted."""
     @functools.wraps(method)
     def run(self, model, *args, **kwargs):
+        if any(p.is_meta for p in model.parameters()):
+            raise ValueError(f"{type(model).__name__} has weights on the meta device (built without them, e.g. for "
+                             "counting parameters); load the real weights (from_pretrained) before editing")
         check_editor_model(self, model)
         with eval_mode(model):
             out = method(self, model, *args, **kwargs)
@@ -209,7 +212,7 @@ def fingerprint(model, names: Sequence[str] | None = None) -> dict:
     edited weight (compared with a tolerance, so a bf16 copy of the same model still matches)."""
     names = edited_weights(model, names)
     params = dict(model.named_parameters())
-    return {"model_type": get_family(model).model_type, "name": model_name(model),
+    return {"model_type": model.config.model_type, "name": model_name(model),
             "shapes": {n: list(shape_key(model, n)) for n in names},
             "probe": {n: None if params[n].is_meta else
                       [round(float(x), 6) for x in params[n].detach().flatten()[:8].float().cpu()] for n in names}}

@@ -30,7 +30,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from mendlab import rank1
 from mendlab.edit import Edit, EditSet, Factors
 from mendlab.editors.base import TrainableEditor, as_batch, fingerprint
-from mendlab.families import edited_weights, get_family, is_conv1d
+from mendlab.families import edited_weights, is_conv1d, kind_of
 from mendlab.losses import forward, kl_loc, nll, nll_per_example
 
 
@@ -120,7 +120,7 @@ class ENN(TrainableEditor):
             if missing:
                 raise KeyError(f"ENNConfig.base_weights names {missing}, which are not parameters of "
                                f"{type(model).__name__}")
-        editor = cls(config, names, {n: is_conv1d(model, n) for n in names}, get_family(model).kind,
+        editor = cls(config, names, {n: is_conv1d(model, n) for n in names}, kind_of(model),
                      fingerprint(model, names), {n: tuple(params[n].shape) for n in base_names})
         with torch.no_grad():
             for n in base_names:

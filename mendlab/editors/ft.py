@@ -36,7 +36,7 @@ from mendlab import losses
 from mendlab.data import Collator
 from mendlab.edit import Edit, Factors
 from mendlab.editors.base import Editor, as_batch, fingerprint
-from mendlab.families import edited_weights, get_family, is_conv1d
+from mendlab.families import edited_weights, is_conv1d, kind_of
 
 
 @dataclass(frozen=True)
@@ -119,7 +119,7 @@ class FT(Editor):
             collator.encode([locality[0]])  # a pair of the wrong kind fails here, not in the middle of an edit
         elif locality is not None:
             raise ValueError("plain FT uses no locality pool; for FT+KL use FTKL.for_model or FTConfig(locality=True)")
-        return cls(config, names, {n: is_conv1d(model, n) for n in names}, get_family(model).kind,
+        return cls(config, names, {n: is_conv1d(model, n) for n in names}, kind_of(model),
                    fingerprint(model, names), locality, collator)
 
     # -- editing ------------------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_sequence
 from mendlab import rank1
 from mendlab.edit import Edit, EditSet, Factors
 from mendlab.editors.base import TrainableEditor, as_batch, fingerprint
-from mendlab.families import edited_weights, get_family, is_conv1d, shape_key
+from mendlab.families import edited_weights, is_conv1d, kind_of, shape_key
 from mendlab.losses import aligned, forward, nll_per_example
 
 # Rows appended to the conditioner's copy of the vocabulary, so the condition needs no tokenizer (the official
@@ -141,7 +141,7 @@ class KE(TrainableEditor):
         emb = model.get_input_embeddings().weight.detach()
         pad = getattr(model.config, "pad_token_id", None)
         editor = cls(config or KEConfig(), {n: shape_key(model, n) for n in names},
-                     {n: is_conv1d(model, n) for n in names}, get_family(model).kind, fingerprint(model, names),
+                     {n: is_conv1d(model, n) for n in names}, kind_of(model), fingerprint(model, names),
                      emb.shape[0], emb.shape[1], pad)
         with torch.no_grad():
             w = emb.float().cpu()

@@ -17,7 +17,7 @@ from torch import nn
 from mendlab import rank1
 from mendlab.edit import Edit, EditSet, Factors
 from mendlab.editors.base import TrainableEditor, as_batch, fingerprint
-from mendlab.families import edited_weights, get_family, is_conv1d, shape_key
+from mendlab.families import edited_weights, is_conv1d, kind_of, shape_key
 from mendlab.losses import labelled_logits, nll, nll_per_example
 from mendlab.nets import EditorNet, NetConfig
 
@@ -48,7 +48,7 @@ class MEND(TrainableEditor):
         names = edited_weights(model, names)
         shapes = {n: shape_key(model, n) for n in names}
         return cls(config or NetConfig(), shapes, {n: is_conv1d(model, n) for n in names},
-                   get_family(model).kind, fingerprint(model, names), descent)
+                   kind_of(model), fingerprint(model, names), descent)
 
     @classmethod
     def default_config(cls, task: str | None = None, variant: str = "mend", **overrides) -> NetConfig:

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from mendlab import metrics, selfsample, tasks, zoo
-from mendlab.config import cache_dir, config_hash, profile, settings
+from mendlab.config import cache_dir, config_hash, profile, settings, writable
 from mendlab.editors import editor_class, load_editor
 from mendlab.editors.ft import FT, FTKL, FTConfig
 from mendlab.families import edited_weights, get_family
@@ -39,6 +39,16 @@ def task_for(model_name: str, model, tok, task: str | None = None, seed: int | N
     return t
 
 
+def _task(model_name: str, model, tok, task: str | None, seed: int, progress: bool, data):
+    """The task of a run: from the files of ``data`` (a :class:`mendlab.filetasks.DataFiles`) when given, else
+    the zoo model's world (:func:`task_for`)."""
+    if data is None:
+        return task_for(model_name, model, tok, task, seed, progress=progress)
+    if task is not None and task != data.task_name:
+        raise ValueError(f"--data {data.data} is a {data.task_name!r} task, not {task!r}")
+    return data.task(get_family(model).kind, tok)
+
+
 # TrainConfig options added after editors were first cached: in the cache key only when set, so that the
 # editors trained before them keep their folders.
 _LATER_OPTIONS = {"locality_same_relation": 0.0, "batch_edits": 1, "aggregate": "sum"}
@@ -52,7 +62,7 @@ def world_of_run(seed: int, world_seed: int | None) -> int:
 def editor_path(model_name: str, alg: str = "mend", variant: str = "mend", seed: int = 0,
                 task: str | None = None, train_config: TrainConfig | None = None, prof: str | None = None,
                 world_seed: int | None = None, names: Sequence[str] | None = None,
-                net: dict | None = None) -> Path:
+                net: dict | None = None, data=None) -> Path:
     """Where ``train_editor`` caches this editor: a folder named by model, alg, variant and a config hash."""
     prof = prof or profile()
     cfg = train_config or TrainConfig.for_profile(prof, seed=seed)
@@ -65,13 +75,15 @@ def editor_path(model_name: str, alg: str = "mend", variant: str = "mend", seed:
                                                    if cls.trainable else None)
     if names is not None:  # only when given, so that the family defaults keep their cache entries
         key["names"] = list(names)
+    if data is not None:  # the files' layout and content hashes (a task from files, not the world)
+        key["data"] = data.key()
     return cache_dir() / "editors" / f"{Path(model_name).name}-{alg}-{variant}-{config_hash(key)}"
 
 
 def train_editor(model_name: str = "tiny-gpt2", alg: str = "mend", variant: str = "mend", seed: int = 0,
                  task: str | None = None, out: str | Path | None = None, train_config: TrainConfig | None = None,
                  progress: bool = True, force: bool = False, world_seed: int | None = None,
-                 names: Sequence[str] | None = None, net: dict | None = None):
+                 names: Sequence[str] | None = None, net: dict | None = None, data=None):
     """(editor, model, tokenizer, card): train an editor for a zoo model (or a local model folder), or load it
     from the cache when the same configuration was trained before. ``seed`` picks the world (zoo models) and the
     editor's initialisation and sampling; ``world_seed``, when given, picks the world (and base model) instead.
@@ -81,14 +93,19 @@ def train_editor(model_name: str = "tiny-gpt2", alg: str = "mend", variant: str 
     FT+KL train nothing: their learning rate is chosen on the validation split instead (:func:`ft_editor`).
     ``names``: the weights to edit, full parameter names (default: the family's, see ``families``); ``net``:
     ``NetConfig`` fields to override on top of the variant (MEND only), e.g. ``{"rank": 64}``. Both enter the cache
-    key.
+    key. ``data``: a :class:`mendlab.filetasks.DataFiles` to train on instead of the world (its train and val
+    files; their content enters the cache key).
     """
     cls = editor_class(alg)  # raises for an unknown alg
     cls.default_config(task, variant, **(net or {}))  # refuses variants and network overrides of other editors
     if not cls.trainable:
         if names is not None:
             raise ValueError(f"{alg} sweeps its lr over the family's default weights; names are not supported")
-        return ft_editor(model_name, alg, seed, task, progress=progress, force=force, world_seed=world_seed)
+        return ft_editor(model_name, alg, seed, task, progress=progress, force=force, world_seed=world_seed,
+                         data=data)
+    if data is not None:
+        data.require("train", "val", command="training")
+        task = task or data.task_name
     prof = profile()
     cfg = train_config or TrainConfig.for_profile(prof, seed=seed, **cls.train_overrides(task))
     ws = world_of_run(seed, world_seed)
@@ -98,13 +115,14 @@ def train_editor(model_name: str = "tiny-gpt2", alg: str = "mend", variant: str 
     if names is not None:
         names = edited_weights(model, names)  # a clear error for a name the model lacks, before any training
     path = Path(out) if out is not None else editor_path(model_name, alg, variant, seed, task, cfg, prof, world_seed,
-                                                         names, net)
+                                                         names, net, data)
     card_file = path / "train_card.json"
     if card_file.exists() and (path / "best").exists() and not force:
         editor = load_editor(path / "best", model)
         card = json.loads(card_file.read_text())
         return editor, model, tok, {**card, "cached": True}
-    t = task_for(model_name, model, tok, task, ws, progress=progress)
+    writable(path.parent)  # a read-only cache fails here, before minutes of training
+    t = _task(model_name, model, tok, task, ws, progress, data)
     torch.manual_seed(seed)
     editor = cls.for_model(model, cls.default_config(t.name, variant, **(net or {})), names=names)
     t0 = time.perf_counter()
@@ -115,30 +133,35 @@ def train_editor(model_name: str = "tiny-gpt2", alg: str = "mend", variant: str 
             "path": str(path / "best"), "seconds": round(time.perf_counter() - t0, 1),
             "train_seconds": round(result.seconds, 1), "steps": result.steps, "best_step": result.best_step,
             "best_val": round(result.best_val, 5), "stopped": result.stopped, "skipped": result.skipped,
-            "editor_params": n_params, "profile": prof}
+            "editor_params": n_params, "profile": prof, **({"data": data.describe()} if data else {})}
     card_file.write_text(json.dumps(card, indent=1))
     return editor.eval(), model, tok, {**card, "cached": False}
 
 
 def ft_editor(model_name: str = "tiny-gpt2", alg: str = "ft", seed: int = 0, task: str | None = None,
               lrs=FT_LRS, n_val: int = 48, progress: bool = True, force: bool = False,
-              world_seed: int | None = None):
+              world_seed: int | None = None, data=None):
     """(editor, model, tokenizer, card) for FT or FT+KL, its learning rate chosen by a sweep over ``lrs`` on the
     first ``n_val`` *validation* requests (never the test split); the sweep is cached and is in ``card["sweep"]``.
-    FT+KL draws its locality examples from the training requests' unrelated facts."""
+    FT+KL draws its locality examples from the training requests' unrelated facts. ``data``: files to use instead
+    of the world (:class:`mendlab.filetasks.DataFiles`, its val file and, for FT+KL, its train file)."""
     import pandas as pd
 
 
     prof = profile()
     ws = world_of_run(seed, world_seed)
     model, tok = zoo.load(model_name, seed=ws if model_name in zoo.names() else None, progress=progress)
-    t = task_for(model_name, model, tok, task, ws, progress=progress)
+    if data is not None:
+        data.require("val", command="an lr sweep")
+    t = _task(model_name, model, tok, task, ws, progress, data)
     cls = editor_class(alg)
     config = replace(cls.default_config(t.name), seed=seed)
+    if data is not None and config.locality:
+        data.require("train", command=f"{alg} (its unrelated facts are the training requests')")
     locality = [e.locality for e in t.train if e.locality is not None] if config.locality else None
     key = {"model": zoo.spec(model_name, prof, ws) if model_name in zoo.names() else model_name, "alg": alg,
            "task": t.name, "ft": asdict(config), "lrs": list(lrs), "n_val": n_val,
-           **_task_key(t.name)}
+           **_task_key(t.name), **({"data": data.key()} if data else {})}
     path = cache_dir() / "editors" / f"{Path(model_name).name}-{alg}-{config_hash(key)}"
     card_file = path / "train_card.json"
     if card_file.exists() and not force:
@@ -154,7 +177,8 @@ def ft_editor(model_name: str = "tiny-gpt2", alg: str = "ft", seed: int = 0, tas
                 "path": str(path),
                 "lr": lr, "sweep": frame.round(5).to_dict(orient="records"), "profile": prof,
                 "seconds": round(time.perf_counter() - t0, 1), "train_seconds": 0.0, "steps": 0,
-                "best_step": 0, "best_val": None, "stopped": "no training", "skipped": 0, "editor_params": 0}
+                "best_step": 0, "best_val": None, "stopped": "no training", "skipped": 0, "editor_params": 0,
+                **({"data": data.describe()} if data else {})}
         card_file.write_text(json.dumps(card, indent=1))
         card["cached"] = False
     editor = cls.for_model(model, replace(config, lr=card["lr"]), tokenizer=tok, locality=locality)
