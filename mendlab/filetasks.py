@@ -68,9 +68,10 @@ class DataFiles:
         return {r: Path(getattr(self, r)).expanduser() for r in ROLES if getattr(self, r)}
 
     def key(self) -> dict:
-        """What enters a cache key: the layout and each file's content hash (not its name)."""
+        """What enters a cache key: the layout and the content hash (not the name) of each file training reads;
+        the test file does not change a trained editor, so ``eval --test-file`` finds the editor ``train`` made."""
         return {"data": self.data, "files": {r: hashlib.sha256(p.read_bytes()).hexdigest()[:16]
-                                             for r, p in self.paths().items()}}
+                                             for r, p in self.paths().items() if r != "test"}}
 
     def describe(self) -> dict:
         """For a training card: the layout, the paths and the content key."""
