@@ -230,6 +230,23 @@ class EditSet:
         edit.meta = dict(self.meta, index=b)
         return edit
 
+    @classmethod
+    def concat(cls, parts: list[EditSet]) -> EditSet:
+        """One set from the sets of consecutive chunks of a batch: request b of chunk i becomes request
+        (size of the chunks before i) + b. The shared part and the fingerprint are the first chunk's."""
+        first, offsets = parts[0], [0]
+        for p in parts[:-1]:
+            offsets.append(offsets[-1] + p.size)
+        shifted = list(zip(parts, offsets, strict=True))
+        factors = {n: Factors(torch.cat([p.factors[n].delta for p in parts]),
+                              torch.cat([p.factors[n].u for p in parts]), f.conv1d) for n, f in first.factors.items()}
+        owner = {n: torch.cat([p.owner[n] + o for p, o in shifted]) for n in first.owner}
+        keys = {n: (torch.cat([p.keys[n][0] for p in parts]), torch.cat([p.keys[n][1] + o for p, o in shifted]))
+                for n in first.keys}
+        size = sum(p.size for p in parts)
+        meta = dict(first.meta, **({"n_requests": size} if "n_requests" in first.meta else {}))
+        return cls(factors, owner, size, meta, dict(first.shared), keys, first.base)
+
     def detach(self) -> EditSet:
         return EditSet({n: Factors(f.delta.detach(), f.u.detach(), f.conv1d) for n, f in self.factors.items()},
                        self.owner, self.size, dict(self.meta), {n: d.detach() for n, d in self.shared.items()},

@@ -310,3 +310,39 @@ def test_a_model_and_an_editor_in_different_precisions_edit_together(micro, mode
     assert torch.isfinite(logits.float()).all()
     for name, f in edit.factors.items():
         assert torch.allclose(f.delta.float(), reference.factors[name].delta.float(), rtol=0.05, atol=1e-3)
+
+
+# -- very large batches -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("prepared", [False, True])
+def test_a_large_edit_many_runs_in_chunks_and_equals_one_pass(micro, monkeypatch, prepared):
+    from mendlab import tasks
+
+    model, tok, world = micro("gpt2")
+    examples = tasks.from_world(world, "decoder").train[:7]
+    editor = MEND.for_model(model, NetConfig(rank=4, norm=False)).eval()
+    batch = Collator.for_model(model, tok)(examples).edit_inner if prepared else None
+    args = (batch,) if prepared else (tok, examples)
+    whole = editor.edit_many(model, *args)
+    sizes = []
+    real = MEND.edit_many.__wrapped__
+
+    def spy(self, model, tokenizer_or_batch, examples=None):
+        sizes.append(len(examples) if examples is not None else int(tokenizer_or_batch["input_ids"].shape[0]))
+        return real(self, model, tokenizer_or_batch, examples)
+
+    monkeypatch.setattr(MEND, "chunk_requests", 3)
+    chunked = guarded_edit_many(spy)(editor, model, *args)
+    assert sizes == [3, 3, 1] and len(chunked) == len(whole) == 7
+    assert chunked.meta["n_requests"] == 7 and chunked.base == whole.base
+    ids = Collator.for_model(model, tok)(examples).edit_outer
+    assert torch.allclose(chunked.forward(model, ids), whole.forward(model, ids), atol=1e-5)
+    for b in range(7):
+        for name in whole.factors:
+            assert torch.allclose(chunked[b].delta(name), whole[b].delta(name), atol=1e-6)
+
+
+def guarded_edit_many(fn):
+    from mendlab.editors.base import guarded
+
+    fn.__name__ = "edit_many"
+    return guarded(fn)

@@ -14,8 +14,10 @@ result records the model's fingerprint (:attr:`mendlab.edit.Edit.base`).
 
 Memory: an edit runs one forward and backward of the base model over all B requests at once (plus, for MEND
 and ENN, B·T token rows of ``in + out`` floats per edited weight), so its peak grows linearly with the batch's
-B·T tokens; ``metrics.evaluate`` edits in chunks of ``chunk`` requests. Split a very large batch the same way
-(``EditSet`` s of the chunks are independent: edit b depends on request b alone).
+B·T tokens. ``edit_many`` therefore runs a batch of more than ``chunk_requests`` (256) requests in passes of that
+many and joins the results (``EditSet.concat``; exact, since edit b depends on request b alone): its peak is
+that of 256 requests, whatever B. A pooled ``edit`` of many requests is one pass (its loss is a mean over all
+of their tokens); ``metrics.evaluate`` edits in chunks of ``chunk`` requests.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import torch
 from torch import nn
 
 from mendlab.data import Collator, EditBatch, EditExample
+from mendlab.edit import EditSet
 from mendlab.edit_guard import MismatchedModelError, base_of, describe
 from mendlab.families import edited_weights, shape_key
 
@@ -46,6 +49,7 @@ class Editor:
     alg: ClassVar[str] = ""
     trainable: ClassVar[bool] = False  # trained ahead of time by mendlab.train (else: it optimises at edit time)
     batched: ClassVar[bool] = False  # edit_many edits many requests apart in one pass
+    chunk_requests: ClassVar[int] = 256  # edit_many runs larger batches in passes of this many requests
     kind: str
     names: list[str]
     base: dict
@@ -150,13 +154,32 @@ def guarded(method):
                              "counting parameters); load the real weights (from_pretrained) before editing")
         check_editor_model(self, model)
         with eval_mode(model):
-            out = method(self, model, *args, **kwargs)
+            if method.__name__ == "edit_many":
+                parts = [method(self, model, *chunk) for chunk in _chunks(*args, size=self.chunk_requests, **kwargs)]
+                out = parts[0] if len(parts) == 1 else EditSet.concat(parts)
+            else:
+                out = method(self, model, *args, **kwargs)
         if getattr(out, "base", False) is None:
             out.base = base_of(model, out.names)
         return out
 
     run.guarded = True
     return run
+
+
+def _chunks(tokenizer_or_batch, examples=None, *, size: int):
+    """``(tokenizer_or_batch, examples)`` cut into runs of at most ``size`` requests: a list of examples by
+    items, a prepared batch by rows of its edit inputs (``edit_many``'s edit b depends on request b alone)."""
+    if examples is not None and not isinstance(examples, EditExample):
+        examples = list(examples)
+        return [(tokenizer_or_batch, examples[i:i + size]) for i in range(0, max(len(examples), 1), size)]
+    if examples is not None or not isinstance(tokenizer_or_batch, (EditBatch, dict)):
+        return [(tokenizer_or_batch, examples)]
+    enc = tokenizer_or_batch.edit_inner if isinstance(tokenizer_or_batch, EditBatch) else tokenizer_or_batch
+    n = int(enc["input_ids"].shape[0]) if "input_ids" in enc else 0
+    if n <= size:
+        return [(tokenizer_or_batch, None)]
+    return [({k: v[i:i + size] for k, v in enc.items()}, None) for i in range(0, n, size)]
 
 
 _warned_training = False
