@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from mendlab.cli_data import add_data_arguments
 from mendlab.editors import ALGS  # the parser's choices (building it imports the editors anyway)
 from mendlab.nets import VARIANTS
 
@@ -39,7 +40,8 @@ def _run_table(args, default_setups, run, items: str, summarize, figure, **optio
     setups = [tuple(s.split(":", 1)) for s in args.setup] or list(default_setups)
     seeds = [int(s) for s in args.seeds.split(",")]
     recorded = {k: getattr(args, k) for k in ("algs", "variants", "items", "ks", "train_k", "split", "n", "steps",
-                                              "n_val", "world_seed", "T") if hasattr(args, k)}
+                                              "n_val", "world_seed", "T", "data", "train_file", "val_file", "test_file",
+                                              "loc_file") if hasattr(args, k)}
     table = report.ResultsTable(args.out, report.provenance(report.command_line(args.argv), profile(), seeds, setups=[
         ":".join(s) for s in setups], **recorded)) if args.out else None
     frame = run(setups, items.split(","), seeds, split=args.split, steps=args.steps, world_seed=args.world_seed,
@@ -55,9 +57,17 @@ def _run_table(args, default_setups, run, items: str, summarize, figure, **optio
 
 def cmd_compare(args) -> None:
     from mendlab import experiments, plots
+    from mendlab.cli_data import data_files
+    from mendlab.filetasks import check_model
 
+    data = data_files(args)
+    if data is not None:  # your own files: every --setup names a model folder (or hub name) and the files' task
+        if not args.setup:
+            raise ValueError("compare --data needs --setup MODEL:TASK for each model (a folder or hub name)")
+        for model in {s.split(":", 1)[0] for s in args.setup}:
+            check_model(model, data)
     _run_table(args, experiments.DEFAULT_SETUPS, experiments.compare, args.algs, experiments.summarize,
-               plots.compare, n=args.n, n_val=args.n_val)
+               plots.compare, n=args.n, n_val=args.n_val, data=data)
 
 
 def cmd_ablate(args) -> None:
@@ -103,6 +113,7 @@ def _add_compare(sub) -> None:
     _table_options(c, "tiny-bert:claim, tiny-bart:qa, tiny-gpt2:gen", "results/compare_ci.csv")
     c.add_argument("--algs", default=",".join(ALGS))
     c.add_argument("--n-val", type=int, default=48, help="validation requests in FT's lr sweep")
+    add_data_arguments(c)
 
 
 def _add_ablate(sub) -> None:

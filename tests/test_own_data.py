@@ -218,3 +218,18 @@ def test_models_that_cannot_load_are_clear_errors(micro, released, tmp_path, cap
     assert "need --data" in capsys.readouterr().err
     assert main(["train", "--model", plain, *_files(released, "fever"), *TRAIN]) == 2
     assert "classifier" in capsys.readouterr().err
+
+
+def test_compare_on_your_own_files_writes_a_table_with_provenance(micro, released, tmp_path, capsys):
+    from mendlab.experiments import report
+
+    model_dir = _hf_folder(micro, "gpt2", tmp_path)
+    out = tmp_path / "compare_own.csv"
+    argv = ["compare", "--setup", f"{model_dir}:qa", "--algs", "mend,ft", "--seeds", "0", "--steps", "2", "--n", "4",
+            "--n-val", "4", *_files(released, "zsre"), "--test-file", str(released["zsre_val"]), "--out", str(out)]
+    assert main(argv) == 0
+    frame, meta = report.load(out)
+    assert list(frame["alg"]) == ["mend", "ft"] and (frame["n"] == 4).all()
+    assert meta["data"] == "zsre" and meta["test_file"] == str(released["zsre_val"]) and meta["complete"]
+    assert main(["compare", "--algs", "mend", "--seeds", "0", *_files(released, "zsre")]) == 2  # no --setup
+    assert "needs --setup" in capsys.readouterr().err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from mendlab import filetasks
 from mendlab.config import settings
 from mendlab.editors import ALGS
 from mendlab.experiments.editors import editor_for, world_of_run
@@ -19,7 +20,7 @@ def compare_budget(prof: str | None = None) -> dict:
 
 def compare(setups=DEFAULT_SETUPS, algs=ALGS, seeds=(0, 1, 2), *,
             n: int | None = None, split: str = "test", steps: int | None = None, n_val: int = 48,
-            world_seed: int | None = None, progress: bool = True, on_row=None):
+            world_seed: int | None = None, progress: bool = True, on_row=None, data=None):
     """The method comparison (paper Table 4): for every (model, task) in ``setups``, alg and seed, get the editor
     (trained and cached, or FT's lr swept on validation requests) and evaluate it on the ``split`` edits.
 
@@ -29,6 +30,8 @@ def compare(setups=DEFAULT_SETUPS, algs=ALGS, seeds=(0, 1, 2), *,
     FT's lr sweep. Returns a long DataFrame, one row per (model, task, alg, seed), with the metric keys,
     ``drawdown`` (acc_dd, or ppl_dd where accuracy is not defined), ``edit_ms`` and ``train_s``. ``summarize``
     gives mean ± std. ``on_row(row)`` is called as each row is finished (``report.ResultsTable.add``).
+    ``data``: your own files (:class:`mendlab.filetasks.DataFiles`) instead of each zoo model's world; the setups'
+    models are then local folders or hub names and their task is the files'.
     """
     import pandas as pd
     from tqdm.auto import tqdm
@@ -37,9 +40,10 @@ def compare(setups=DEFAULT_SETUPS, algs=ALGS, seeds=(0, 1, 2), *,
     jobs = [(m, t, a, s) for s in seeds for m, t in setups for a in algs]  # seed by seed: a cut run has whole seeds
     for model_name, task, alg, seed in tqdm(jobs, desc="compare", disable=not progress):
         editor, model, tok, card = editor_for(model_name, alg, seed, task, steps=steps, n_val=n_val,
-                                              world_seed=world_seed)
-        r = evaluate_editor(editor, model, tok, model_name, seed=world_of_run(seed, world_seed), task=task, split=split,
-                            n=n, progress=False)
+                                              world_seed=world_seed, data=data)
+        r = (evaluate_editor(editor, model, tok, model_name, seed=world_of_run(seed, world_seed), task=task,
+                             split=split, n=n, progress=False) if data is None else
+             filetasks.evaluate(editor, model, tok, data, split, n=n, progress=False))
         rows.append({"model": model_name, "task": task, "alg": alg, "seed": seed,
                      "world_seed": world_of_run(seed, world_seed),
                      **{k: r[k] for k in ("es_edit", "es_rephrase", "es_heldout", "acc_dd", "ppl_dd", "kl", "n")},
