@@ -81,3 +81,22 @@ def test_ablate_command_writes_table_provenance_and_figure(tmp_path, monkeypatch
     assert prov["complete"] and prov["command"].startswith("mendlab ablate") and prov["steps"] == 3
     assert prov["setups"] == ["tiny-bart:qa"] and prov["variants"] == "mend,only_u"
     assert (tmp_path / "a.png").exists() and all(c[5] == 3 for c in calls)
+
+
+def test_load_results_joins_tables_and_keeps_only_seeds_with_every_variant(tmp_path):
+    from mendlab.experiments import report
+    from mendlab.experiments.ablations import load_results
+
+    def table(name, rows):
+        t = report.ResultsTable(tmp_path / f"{name}.csv", {"command": name, "profile": "ci", "seeds": []})
+        for task, variant, seed in rows:
+            t.add({"task": task, "variant": variant, "seed": seed, "es_rephrase": 0.5})
+        t.close()
+
+    table("ablations_a", [("gen", "mend", 0), ("gen", "no_norm", 0), ("gen", "mend", 1)])
+    table("ablations_b", [("gen", "no_norm", 1), ("gen", "mend", 2), ("qa", "mend", 0)])
+    frame, sources = load_results(folder=tmp_path)
+    assert sorted(set(zip(frame["task"], frame["seed"]))) == [("gen", 0), ("gen", 1), ("qa", 0)]  # gen 2 lacks no_norm
+    assert list(sources["table"]) == ["ablations_a", "ablations_b"] and (frame["profile"] == "ci").all()
+    with pytest.raises(FileNotFoundError, match="mendlab ablate"):
+        load_results("nothing*.csv", folder=tmp_path)

@@ -99,3 +99,27 @@ def summarize(frame, digits: int = 3):
     table = pd.DataFrame(out)
     table["order"] = table["variant"].map({LABELS[v]: i for i, v in enumerate(ORDER)})
     return table.sort_values(["task", "order"]).drop(columns="order").reset_index(drop=True)
+
+
+def load_results(pattern: str = "ablations*.csv", folder=None):
+    """(rows, sources): every ablation table in the repository's ``results/`` (or ``folder``) matching
+    ``pattern``, concatenated, with each row's ``profile``; and one line per table (command, profile, seeds,
+    rows, complete). A run cut short leaves a seed with only some variants, and tables written side by side
+    hold different variants of one seed: per task, only the seeds that have every variant the task has are kept."""
+    import pandas as pd
+
+    from mendlab.experiments import report
+
+    folder = report.RESULTS if folder is None else folder
+    frames, sources = [], []
+    for path in sorted(folder.glob(pattern)):
+        frame, prov = report.load(path)
+        frames.append(frame.assign(profile=prov["profile"]))
+        sources.append({"table": path.stem, **{k: prov.get(k) for k in ("command", "profile", "seeds", "rows",
+                                                                          "complete")}})
+    if not frames:
+        raise FileNotFoundError(f"no ablation table {pattern} in {folder}: run `mendlab ablate --out ...` first")
+    frame = pd.concat(frames, ignore_index=True).drop_duplicates(["task", "variant", "seed"], keep="last")
+    n_variants = frame.groupby(["task", "seed"])["variant"].transform("nunique")
+    frame = frame[n_variants == frame.groupby("task")["variant"].transform("nunique")]
+    return frame.reset_index(drop=True), pd.DataFrame(sources)
