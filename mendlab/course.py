@@ -223,3 +223,34 @@ def run_exercise(nb, solution_index: int, check_index: int, stub: bool, cwd=None
             if i == solution_index and stub:
                 source = strip_solutions(source)
             exec(compile(_runnable(source), f"<{name} cell {i}>", "exec"), namespace)
+
+
+def time_notebooks(names=None, notebooks_dir=None, timeout: int = 900, on_row=None, progress: bool = True):
+    """Run each notebook of the course (or those whose file name starts with one of ``names``, e.g. ``"03"``)
+    top to bottom in a fresh kernel, as ``pytest --nbval`` does, on a copy (the stored notebook is untouched),
+    and time it. One row per notebook: ``notebook``, ``seconds``, ``code_cells``, ``exercises``. ``on_row(row)``
+    is called as each is finished (``report.ResultsTable.add``). A failing notebook raises, naming it."""
+    import time
+
+    import pandas as pd
+    from nbclient import NotebookClient
+    from tqdm.auto import tqdm
+
+    folder = Path(notebooks_dir or NOTEBOOKS)
+    paths = [p for p in sorted(folder.glob("*.ipynb")) if not names or p.name.startswith(tuple(names))]
+    if not paths:
+        raise CourseError(f"no notebook in {folder} starts with {list(names or [])}")
+    rows = []
+    for path in tqdm(paths, desc="notebooks", disable=not progress):
+        nb = nbformat.read(path, as_version=4)
+        t0 = time.perf_counter()
+        try:
+            NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                           resources={"metadata": {"path": str(folder)}}).execute()
+        except Exception as e:  # a cell error or a timeout: which notebook, and what
+            raise CourseError(f"{path.name} failed: {type(e).__name__}: {str(e)[-400:]}") from e
+        rows.append({"notebook": path.stem, "seconds": round(time.perf_counter() - t0, 1),
+                     "code_cells": sum(c.cell_type == "code" for c in nb.cells), "exercises": len(exercises(nb))})
+        if on_row is not None:
+            on_row(rows[-1])
+    return pd.DataFrame(rows)

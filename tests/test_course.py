@@ -280,3 +280,16 @@ def test_course_complete_notebooks_00_to_04_have_at_least_two_exercises_each():
     early = {name: n for name, n in counts.items() if name[:2] in {"00", "01", "02", "03", "04"}}
     assert len(early) == 5, sorted(counts)
     assert all(n >= 2 for n in early.values()), f"exercises per notebook: {early}"
+
+
+def test_time_notebooks_runs_each_in_a_fresh_kernel_and_names_a_failing_one(tmp_path):
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    nbformat.write(new_notebook(cells=[new_code_cell("x = 1"), new_code_cell("print(x + 1)")]), tmp_path / "00_a.ipynb")
+    nbformat.write(new_notebook(cells=[new_code_cell("raise ValueError('boom')")]), tmp_path / "01_b.ipynb")
+    rows = course.time_notebooks(["00"], notebooks_dir=tmp_path, progress=False)
+    assert list(rows["notebook"]) == ["00_a"] and rows["code_cells"][0] == 2 and rows["seconds"][0] >= 0
+    assert not (tmp_path / "00_a.ipynb").read_text().count('"outputs": [\n     {')  # the stored notebook untouched
+    with pytest.raises(course.CourseError, match="(?s)01_b.ipynb failed.*boom"):
+        course.time_notebooks(["01"], notebooks_dir=tmp_path, progress=False)
