@@ -198,6 +198,16 @@ def _kl_ref(pre, post, mask) -> torch.Tensor:
                                                  "decoder_attention_mask": mask})
 
 
+def _close_hinted(mine, ref: torch.Tensor, what: str, wrong: torch.Tensor, hint: str) -> None:
+    """:func:`_close` (to 1e-8), with ``hint`` added to the message when ``mine`` equals ``wrong``, the value a
+    known mistake gives."""
+    extra = hint if isinstance(mine, torch.Tensor) and torch.allclose(mine.double(), wrong) else ""
+    try:
+        _close(mine, ref, what, atol=1e-8)
+    except AssertionError as err:
+        raise AssertionError(str(err) + extra) from None
+
+
 def check_kl_loc(fn) -> None:
     """``fn(pre [B, T, V], post [B, T, V], mask [B, T])`` → mean KL(pre ‖ post) over the kept positions."""
     g = _gen(4)
@@ -205,13 +215,9 @@ def check_kl_loc(fn) -> None:
         pre, post, mask = _loc_batch(g, b, t, v)
         mine = _call(fn, pre, post, mask, what="locality KL")
         ref = _kl_ref(pre, post, mask)
-        hint = ""
-        if isinstance(mine, torch.Tensor) and torch.allclose(mine.double(), _kl_ref(post, pre, mask)):
-            hint = " (that is KL(post ‖ pre): the expectation is under the unedited model's distribution)"
-        try:
-            _close(mine, ref, f"KL on logits {(b, t, v)}, {int(mask.sum())} kept positions", atol=1e-8)
-        except AssertionError as err:
-            raise AssertionError(str(err) + hint) from None
+        what = f"KL on logits {(b, t, v)}, {int(mask.sum())} kept positions"
+        _close_hinted(mine, ref, what, _kl_ref(post, pre, mask),
+                      " (that is KL(post ‖ pre): the expectation is under the unedited model's distribution)")
     _ok(f"the locality KL matches losses.kl_loc on 2 random batches (last: {float(ref):.3f})")
 
 
@@ -234,13 +240,8 @@ def check_mend_loss(fn) -> None:
         ref = c_edit * l_edit + c_loc * _kl_ref(pre, post, mask)
         mine = _call(fn, logits, labels, pre, post, mask, c_edit, c_loc, what="MEND's training loss")
         token_mean = c_edit * losses.nll("seq2seq", logits, labels) + c_loc * _kl_ref(pre, post, mask)
-        hint = ""
-        if isinstance(mine, torch.Tensor) and torch.allclose(mine.double(), token_mean):
-            hint = " (you averaged the NLL over all tokens: average it per request first, then over requests)"
-        try:
-            _close(mine, ref, f"loss with c_edit={c_edit}, c_loc={c_loc}", atol=1e-8)
-        except AssertionError as err:
-            raise AssertionError(str(err) + hint) from None
+        _close_hinted(mine, ref, f"loss with c_edit={c_edit}, c_loc={c_loc}", token_mean,
+                      " (you averaged the NLL over all tokens: average it per request first, then over requests)")
     _ok(f"c_edit·L_e + c_loc·L_loc matches train.edit_step's formula (last: {float(ref):.3f})")
 
 
