@@ -216,3 +216,27 @@ def test_sigterm_finishes_the_step_writes_a_checkpoint_and_resumes(micro, tmp_pa
     assert calls == list(range(6, 13))  # nothing lost: step 5 was finished and saved
     assert resumed.best_val == pytest.approx(full.best_val, rel=1e-4)
     assert [r["step"] for r in resumed.history] == list(range(1, 13))
+
+
+def test_a_diverging_run_stops_and_leaves_its_last_good_checkpoint_and_best(micro, monkeypatch, tmp_path):
+    import mendlab.train as train_module
+    from mendlab import checkpoint
+
+    editor, model, tok, t = _setup(micro)
+    real, steps = train_module.edit_step, []
+
+    def diverging(editor, *args, **kwargs):  # training steps after the third come out NaN
+        out = real(editor, *args, **kwargs)
+        steps.append(editor.training)
+        return {**out, "loss": out["loss"] * float("nan")} if editor.training and sum(steps) > 3 else out
+
+    monkeypatch.setattr(train_module, "edit_step", diverging)
+    cfg = TrainConfig(steps=12, edits_per_step=2, val_every=2, val_size=2, max_nonfinite=3, patience=100)
+    with pytest.raises(NonFiniteTrainingError, match="3 consecutive"):
+        train(editor, model, tok, t.train, t.val, cfg, out=tmp_path, progress=False)
+    best = MEND.from_pretrained(tmp_path / "best")  # refuses non-finite weights, so this proves them finite
+    fresh, *_ = _setup(micro)
+    _, meta = checkpoint.load(tmp_path / "checkpoint", fresh, train_module.optimizer(fresh, cfg))
+    assert meta["state"]["step"] == 4 and meta["skipped"] == 1  # the last validation before the divergence
+    assert all(torch.isfinite(v).all() for v in fresh.state_dict().values() if v.is_floating_point())
+    assert best.config == editor.config
