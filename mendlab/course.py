@@ -254,3 +254,8 @@ def time_notebooks(names=None, notebooks_dir=None, timeout: int = 900, on_row=No
         if on_row is not None:
             on_row(rows[-1])
     return pd.DataFrame(rows)
+
+
+def runtime_label(seconds: float) -> str:
+    """How the course index writes a notebook's run time: ``"45 s"`` under a minute, else ``"3.5 min"``."""
+    return f"{seconds:.0f} s" if seconds < 59.5 else f"{seconds / 60:.1f} min"
