@@ -249,14 +249,17 @@ class EditorNet(nn.Module):
         out = {}
         for key, members in self._groups().items():
             sizes = [rows[n][0].shape[0] for n in members]
-            u = torch.cat([rows[n][0] for n in members]).to(self.edit_lrs.dtype)
-            d = torch.cat([rows[n][1] for n in members]).to(self.edit_lrs.dtype)
+            # with a device map the layers a transform serves may sit on other devices than the editor: their rows
+            # come to the editor and the results go back to each layer's device
+            home = dict(device=self.edit_lrs.device, dtype=self.edit_lrs.dtype)
+            u = torch.cat([rows[n][0].to(**home) for n in members])
+            d = torch.cat([rows[n][1].to(**home) for n in members])
             mode = self.route[members[0]][1]
             if mode is not None and len(members) > 1:
                 mode = self._modes(key, members, sizes, u.device)
             ut, dt = self.transforms[key](u, d, mode)
             for n, a, b in zip(members, ut.split(sizes), dt.split(sizes), strict=True):
-                out[n] = (a, b)
+                out[n] = (a.to(rows[n][0].device), b.to(rows[n][1].device))
         return out
 
     def _groups(self) -> dict[str, list[str]]:

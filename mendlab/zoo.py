@@ -362,11 +362,13 @@ def build(name: str | ZooSpec, profile: str | None = None, seed: int | None = No
 
 
 def load(name_or_path: str, *, profile: str | None = None, seed: int | None = None, device=None,
-         dtype=None, progress: bool = True):
+         dtype=None, progress: bool = True, device_map=None):
     """(model, tokenizer) for a zoo name (built on first use), a local folder or a hub name.
 
     All three go through ``from_pretrained`` with the Auto class the family registry names; the model is
-    returned in eval mode with dropout off. Hub names need a network.
+    returned in eval mode with dropout off. Hub names need a network. ``device_map`` (``"auto"`` or a dict, as
+    ``from_pretrained`` takes it; needs ``accelerate``) spreads a large model over several GPUs: MEND then runs
+    each shared editor network on the editor's device and moves each layer's rows there and back.
     """
     from transformers import AutoConfig, AutoTokenizer
 
@@ -376,6 +378,8 @@ def load(name_or_path: str, *, profile: str | None = None, seed: int | None = No
 
     auto = getattr(transformers, family.auto_class)
     kwargs = {} if dtype is None else {"dtype": dtype}
+    if device_map is not None:
+        kwargs["device_map"] = device_map
     model = auto.from_pretrained(path, **kwargs)
     if device is not None:
         model.to(device)

@@ -84,7 +84,7 @@ class MEND(TrainableEditor):
         alphas = dict(zip(self.net.names, self.net.edit_lrs.unbind(), strict=True))
         for name in self.names:
             u, delta = pseudo[name]
-            alpha = alphas[name]
+            alpha = alphas[name].to(delta.device)
             factors[name] = Factors((-alpha if self.descent else alpha) * delta, u, self.conv1d[name])
         n = int(enc["input_ids"].shape[0])
         meta = {"editor": self.alg, "n_requests": n}
