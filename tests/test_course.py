@@ -293,3 +293,21 @@ def test_time_notebooks_runs_each_in_a_fresh_kernel_and_names_a_failing_one(tmp_
     assert not (tmp_path / "00_a.ipynb").read_text().count('"outputs": [\n     {')  # the stored notebook untouched
     with pytest.raises(course.CourseError, match="(?s)01_b.ipynb failed.*boom"):
         course.time_notebooks(["01"], notebooks_dir=tmp_path, progress=False)
+
+
+def test_the_course_index_lists_every_notebook_with_its_exercises_and_measured_run_time():
+    """notebooks/README.md: one row per notebook, its exercise count as the notebooks hold them, and its run time
+    as `mendlab course timings` measured it (results/course_timings.csv)."""
+    import re
+
+    from mendlab.experiments import report
+
+    index = (course.NOTEBOOKS / "README.md").read_text()
+    rows = {m[0]: m for m in re.findall(r"^\| (\d\d) \| `([^`]+)` \|.*\| (\d+) \| ([^|]+) \|$", index, flags=re.M)}
+    counts = course.exercise_counts()
+    timings, meta = report.load("course_timings")
+    assert meta["complete"] and sorted(rows) == sorted(n[:2] for n in counts)
+    for _, stem, exercises, runtime in rows.values():
+        assert f"{stem}.ipynb" in counts and int(exercises) == counts[f"{stem}.ipynb"], stem
+        seconds = timings.set_index("notebook").loc[stem, "seconds"]
+        assert runtime.strip() == course.runtime_label(seconds), (stem, runtime, seconds)
