@@ -53,3 +53,16 @@ def test_load_takes_a_table_name_in_the_repository_results(tmp_path, monkeypatch
 
 def test_results_is_the_repository_folder():
     assert report.RESULTS.name == "results" and (report.RESULTS.parent / "pyproject.toml").exists()
+
+
+def test_a_gzipped_table_is_written_in_members_and_loads_as_one(tmp_path, monkeypatch):
+    monkeypatch.setattr(report, "GZ_FLUSH_ROWS", 3)
+    path = tmp_path / "long.csv.gz"
+    table = report.ResultsTable(path, {"command": "mendlab sequential"})
+    for i in range(7):
+        table.add({"step": i, "es": i / 10})
+    assert json.loads(report.sidecar_of(path).read_text())["rows"] == 5  # header + 2 rows, then 3 rows, flushed
+    table.close()
+    frame, side = report.load(path)
+    assert list(frame["step"]) == list(range(7)) and side["rows"] == 7 and side["complete"]
+    assert report.sidecar_of(path).name == "long.csv.gz.provenance.json"

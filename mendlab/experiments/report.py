@@ -1,13 +1,14 @@
 """Results tables: CSV files written row by row, each with a provenance sidecar, and their figures.
 
 Every table under ``results/`` is written by a ``mendlab`` command through :class:`ResultsTable`: a run cut short
-keeps the rows it finished, and the sidecar ``<name>.provenance.json`` says how the rows were made (command,
+keeps the rows it finished, and the sidecar ``<table file>.provenance.json`` says how the rows were made (command,
 commit, profile, seeds, wall time, library versions) and whether the run completed.
 """
 
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import platform
 import shlex
@@ -49,27 +50,34 @@ def command_line(argv: list[str] | None = None) -> str:
 
 
 def sidecar_of(table: str | Path) -> Path:
-    """Where a table's provenance lives: beside it, ``<name>.provenance.json`` (``batch_qa.provenance.json``)."""
+    """Where a table's provenance lives: beside it, the table's file name plus ``.provenance.json``
+    (``batch_qa.csv.provenance.json``, ``sequential_qa.csv.gz.provenance.json``)."""
     table = Path(table)
-    return table.with_name(table.stem + ".provenance.json")
+    return table.with_name(table.name + ".provenance.json")
+
+
+GZ_FLUSH_ROWS = 1000  # a .csv.gz table is appended to in gzip members of this many rows
 
 
 class ResultsTable:
-    """A CSV written one row at a time, with ``<name>.provenance.json`` (its provenance) beside it.
+    """A CSV written as its rows come, with ``<file>.provenance.json`` (its provenance) beside it.
 
-    The columns are fixed by the first row; the sidecar is rewritten after every row (``complete: false``) and
-    once more by :meth:`close` (``complete: true`` and the wall time), so a cut run still says what it holds.
+    The columns are fixed by the first row; the sidecar is rewritten after every write (``complete: false``) and
+    once more by :meth:`close` (``complete: true`` and the wall time), so a cut run still says what it holds. A
+    plain ``.csv`` gets every row at once; a ``.csv.gz`` (for long tables, e.g. a retention matrix per sequence)
+    gets them in gzip members of :data:`GZ_FLUSH_ROWS` rows, which ``pandas.read_csv`` reads as one file.
     """
 
     def __init__(self, path: str | Path, meta: dict):
         self.path = Path(path)
-        if self.path.suffix != ".csv":
-            raise ValueError(f"a results table is a .csv file, got {self.path}")
+        if not self.path.name.endswith((".csv", ".csv.gz")):
+            raise ValueError(f"a results table is a .csv or .csv.gz file, got {self.path}")
+        self.gz = self.path.name.endswith(".gz")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.sidecar = sidecar_of(self.path)
         self.meta = dict(meta)
         self.columns: list[str] | None = None
-        self.rows = 0
+        self.rows, self.pending = 0, []
         self.t0 = time.perf_counter()
         self.path.unlink(missing_ok=True)
         self._write_sidecar(complete=False)
@@ -77,17 +85,26 @@ class ResultsTable:
     def add(self, row: dict) -> None:
         if self.columns is None:
             self.columns = list(row)
-            with self.path.open("w", newline="") as f:
-                csv.writer(f).writerow(self.columns)
+            self.pending.append(self.columns)
         if list(row) != self.columns:
             raise ValueError(f"row columns {list(row)} differ from the table's {self.columns}")
-        with self.path.open("a", newline="") as f:
-            csv.writer(f).writerow([_cell(row[c]) for c in self.columns])
-        self.rows += 1
-        self._write_sidecar(complete=False)
+        self.pending.append([_cell(row[c]) for c in self.columns])
+        if not self.gz or len(self.pending) >= GZ_FLUSH_ROWS:
+            self._flush()
 
     def close(self) -> None:
+        self._flush()
         self._write_sidecar(complete=True)
+
+    def _flush(self) -> None:
+        if not self.pending:
+            return
+        rows = sum(r is not self.columns for r in self.pending)
+        with (gzip.open(self.path, "at", newline="") if self.gz else self.path.open("a", newline="")) as f:
+            csv.writer(f).writerows(self.pending)
+        self.rows += rows
+        self.pending = []
+        self._write_sidecar(complete=False)
 
     def _write_sidecar(self, complete: bool) -> None:
         blob = {**self.meta, "rows": self.rows, "complete": complete,
@@ -111,8 +128,9 @@ def load(path: str | Path):
     import pandas as pd
 
     path = Path(path)
-    if path.suffix != ".csv" and len(path.parts) == 1:
-        path = RESULTS / f"{path.name}.csv"
+    if not path.name.endswith((".csv", ".csv.gz")) and len(path.parts) == 1:  # a table's name: its .csv or .csv.gz
+        path = next((p for p in (RESULTS / f"{path.name}.csv", RESULTS / f"{path.name}.csv.gz") if p.exists()),
+                    RESULTS / f"{path.name}.csv")
     sidecar = sidecar_of(path)
     if not sidecar.exists():
         raise FileNotFoundError(f"{path} has no provenance sidecar {sidecar.name}: tables under results/ are "
