@@ -10,6 +10,8 @@ primed by one training-mode edit, then in eval mode. Timed, interleaved in one p
 
 - ``edit``: ``editor.edit(model, enc)`` (forward, capture backward, editor networks; returns the Edit);
 - ``fwd_bwd``: the model's forward, the same loss and ``loss.backward()`` with every parameter requiring grad;
+- ``capture``: the rank-1 capture alone (forward, loss, backward to the edited layers' outputs), the part of an
+  edit that no editor network can remove;
 - ``edit_apply``: ``edit`` plus one post-edit forward through ``edit.forward(model, enc)`` (informative).
 """
 
@@ -24,10 +26,10 @@ import torch
 import transformers
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from mendlab import zoo
+from mendlab import rank1, zoo
 from mendlab.editors.mend import MEND
 from mendlab.families import get_family
-from mendlab.losses import forward, nll
+from mendlab.losses import forward, labelled_logits, nll
 from mendlab.nets import NetConfig
 
 SEQ_LEN, N_LABELS = 24, 6
@@ -141,12 +143,20 @@ def bench(name: str, device: str, repeats: int, warmup: int) -> dict:
         nll(kind, forward(model, enc), enc["labels"]).backward()
 
     @torch.no_grad()
+    def capture():  # the floor of any rank-1 editor: the forward and the backward to the edited layers' outputs
+        with torch.enable_grad(), rank1.capture(model, editor.names) as cap:
+            logits, labels, task_kind = labelled_logits(model, editor.kind, enc)
+            cap.rows(nll(task_kind, logits, labels))
+
+    @torch.no_grad()
     def edit_apply():
         editor.edit(model, enc).forward(model, enc)
 
-    ms = median_ms({"edit": edit, "fwd_bwd": fwd_bwd, "edit_apply": edit_apply}, model, device, repeats, warmup)
+    ops = {"edit": edit, "fwd_bwd": fwd_bwd, "capture": capture, "edit_apply": edit_apply}
+    ms = median_ms(ops, model, device, repeats, warmup)
     return {"model": label, "edit_ms": round(ms["edit"], 2), "fwd_bwd_ms": round(ms["fwd_bwd"], 2),
-            "ratio": round(ms["edit"] / ms["fwd_bwd"], 3), "edit_apply_ms": round(ms["edit_apply"], 2),
+            "ratio": round(ms["edit"] / ms["fwd_bwd"], 3), "capture_ms": round(ms["capture"], 2),
+            "capture_ratio": round(ms["capture"] / ms["fwd_bwd"], 3), "edit_apply_ms": round(ms["edit_apply"], 2),
             "edit_apply_ratio": round(ms["edit_apply"] / ms["fwd_bwd"], 3),
             **run_info(model, editor, device, repeats, warmup)}
 
@@ -154,6 +164,7 @@ def bench(name: str, device: str, repeats: int, warmup: int) -> dict:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv, __doc__.split("\n\n")[0])
     report(args, bench, [("edit_ms", "edit ms", 9), ("fwd_bwd_ms", "fwd+bwd ms", 11), ("ratio", "ratio", 6),
+                         ("capture_ms", "capture ms", 11), ("capture_ratio", "ratio", 6),
                          ("edit_apply_ms", "edit+fwd ms", 12), ("edit_apply_ratio", "ratio", 6)])
 
 

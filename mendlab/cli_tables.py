@@ -39,9 +39,9 @@ def _run_table(args, default_setups, run, items: str, summarize, figure, **optio
 
     setups = [tuple(s.split(":", 1)) for s in args.setup] or list(default_setups)
     seeds = [int(s) for s in args.seeds.split(",")]
-    recorded = {k: getattr(args, k) for k in ("algs", "variants", "items", "ks", "train_k", "split", "n", "steps",
-                                              "n_val", "world_seed", "T", "data", "train_file", "val_file", "test_file",
-                                              "loc_file") if hasattr(args, k)}
+    recorded = {k: getattr(args, k) for k in ("algs", "variants", "ranks", "items", "ks", "train_k", "split", "n",
+                                              "steps", "n_val", "world_seed", "T", "data", "train_file", "val_file",
+                                              "test_file", "loc_file") if hasattr(args, k)}
     table = report.ResultsTable(args.out, report.provenance(report.command_line(args.argv), profile(), seeds, setups=[
         ":".join(s) for s in setups], **recorded)) if args.out else None
     frame = run(setups, items.split(","), seeds, split=args.split, steps=args.steps, world_seed=args.world_seed,
@@ -74,8 +74,9 @@ def cmd_ablate(args) -> None:
     from mendlab import plots
     from mendlab.experiments import ablations
 
+    ranks = [int(r) for r in args.ranks.split(",")] if args.ranks else None
     _run_table(args, ablations.ABLATION_SETUPS, ablations.ablate, args.variants, ablations.summarize,
-               plots.ablations, n=args.n)
+               plots.ablations, n=args.n, ranks=ranks)
 
 
 def cmd_sequential(args) -> None:
@@ -120,6 +121,8 @@ def _add_ablate(sub) -> None:
     a = command(sub, "ablate", cmd_ablate, "MEND's editor-network ablations (paper Table 6)")
     _table_options(a, "tiny-gpt2:gen, tiny-bart:qa", "results/ablations.csv")
     a.add_argument("--variants", default=",".join(VARIANTS), help=f"among {','.join(VARIANTS)}")
+    a.add_argument("--ranks", default=None, help="train each variant at these editor ranks, e.g. 1920,128,64 "
+                                                  "(default: NetConfig's rank)")
 
 
 def _add_sequential(sub) -> None:

@@ -101,3 +101,38 @@ def test_load_results_joins_tables_and_keeps_only_seeds_with_every_variant(tmp_p
     assert list(sources["table"]) == ["ablations_a", "ablations_b"] and (frame["profile"] == "ci").all()
     with pytest.raises(FileNotFoundError, match="mendlab ablate"):
         load_results("nothing*.csv", folder=tmp_path)
+
+
+def test_ablate_ranks_train_each_variant_at_each_rank(monkeypatch):
+    nets = []
+
+    def editor_for(model_name, alg, seed, task, *, variant="mend", net=None, **kw):
+        nets.append(net)
+        return None, None, None, {"editor_params": (net or {}).get("rank", 1920), "train_seconds": 1.0, "steps": 7,
+                                  "best_step": 5}
+
+    monkeypatch.setattr(ablations, "editor_for", editor_for)
+    monkeypatch.setattr(ablations, "evaluate_editor", lambda *a, **k: {
+        "es_edit": 1.0, "es_rephrase": 0.5, "acc_dd": 0.01, "ppl_dd": None, "n": 3})
+    frame = ablations.ablate(setups=[("tiny-bart", "qa")], variants=("mend",), seeds=(0, 1), ranks=(1920, 64),
+                             progress=False)
+    assert nets == [{"rank": 1920}, {"rank": 64}] * 2 and list(frame["rank"]) == [1920, 64, 1920, 64]
+    # distilGPT-2's shapes at rank 64: per shape 2 blocks of 2·D·64 + D, plus 2·3·D scale and offset
+    shapes = ablations.reference_shapes()
+    assert frame["params_distilgpt2"].iloc[1] == _hand_count(shapes, rank=64) < frame["params_distilgpt2"].iloc[0]
+    table = ablations.summarize(frame)
+    assert list(table["rank"]) == [1920, 64] and list(table["seeds"]) == [2, 2]
+    # the Table-6 loader keeps only the default rank, and reads tables that predate the rank column as default
+    assert list(ablations.with_rank(frame.drop(columns="rank"))["rank"]) == [1920] * 4
+
+
+def test_ablate_command_takes_ranks(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(ablations, "editor_for", _fake_editor_for(calls))
+    monkeypatch.setattr(ablations, "evaluate_editor", lambda *a, **k: {
+        "es_edit": 1.0, "es_rephrase": 0.9, "acc_dd": 0.01, "ppl_dd": None, "n": 3})
+    out = tmp_path / "rank.csv"
+    assert main(["ablate", "--setup", "tiny-bart:qa", "--variants", "mend", "--ranks", "1920,128", "--seeds", "0",
+                 "--out", str(out), "--json"]) == 0
+    frame, prov = report.load(out)
+    assert list(frame["rank"]) == [1920, 128] and prov["ranks"] == "1920,128"

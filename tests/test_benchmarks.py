@@ -24,7 +24,8 @@ def test_median_ms_interleaves_ops_and_skips_warmup():
 
 
 @pytest.mark.parametrize("script, keys", [
-    (edit_latency, {"edit_ms", "fwd_bwd_ms", "ratio", "edit_apply_ms", "edit_apply_ratio"}),
+    (edit_latency, {"edit_ms", "fwd_bwd_ms", "ratio", "capture_ms", "capture_ratio", "edit_apply_ms",
+                    "edit_apply_ratio"}),
     (train_step, {"step_ms", "fwd_bwd_10_ms", "ratio"}),
 ])
 def test_bench_rows_on_a_micro_model(micro, monkeypatch, script, keys):
@@ -39,6 +40,7 @@ def test_bench_rows_on_a_micro_model(micro, monkeypatch, script, keys):
             p.requires_grad_(flags[n])
     assert set(row) == {"model"} | keys | SHARED
     assert row["model"] == "micro-gpt2" and row["edited_weights"] > 0 and row["ratio"] > 0
+    assert script is not edit_latency or row["capture_ms"] > 0
     assert row["editor_params"] > 0 and row["model_params"] == sum(p.numel() for p in model.parameters())
 
 

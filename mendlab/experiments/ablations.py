@@ -9,6 +9,8 @@ on the meta device, so no weights are allocated) and its training time.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from mendlab.experiments.editors import editor_for, world_of_run
@@ -51,30 +53,35 @@ def variant_parameters(shapes: dict[str, tuple[int, int]] | None = None) -> dict
 
 
 def ablate(setups=ABLATION_SETUPS, variants=ORDER, seeds=(0, 1, 2), *, n: int | None = None, split: str = "test",
-           steps: int | None = None, world_seed: int | None = None, progress: bool = True, on_row=None):
+           steps: int | None = None, world_seed: int | None = None, progress: bool = True, on_row=None,
+           ranks: Sequence[int] | None = None):
     """Train and score every ``variant`` on every (model, task) of ``setups`` and seed; one row each in a long
-    DataFrame (``es_edit``, ``es_rephrase``, ``drawdown``, editor parameters on the tiny model and on
-    distilGPT-2's shapes, training time and steps). Seeds run one after another, so a cut run holds whole seeds;
-    ``on_row(row)`` is called as each row is finished (``ResultsTable.add``)."""
+    DataFrame (``es_edit``, ``es_rephrase``, ``drawdown``, the network's ``rank``, editor parameters on the tiny
+    model and on distilGPT-2's shapes, training time and steps). ``ranks``: train each variant at every one of
+    these ``NetConfig`` ranks (default: the config's own, 1920), a study of how small an editor can be. Seeds run
+    one after another, so a cut run holds whole seeds; ``on_row(row)`` is called as each row is finished
+    (``ResultsTable.add``)."""
     import pandas as pd
     from tqdm.auto import tqdm
 
     unknown = sorted(set(variants) - set(ORDER))
     if unknown:
         raise ValueError(f"unknown variants {unknown}; choose among {list(ORDER)}")
-    reference = variant_parameters()
-    rows = []
-    jobs = [(s, m, t, v) for s in seeds for m, t in setups for v in variants]
-    for seed, model_name, task, variant in tqdm(jobs, desc="ablate", disable=not progress):
+    rows, shapes = [], reference_shapes()
+    jobs = [(s, m, t, v, r) for s in seeds for m, t in setups for v in variants for r in (ranks or [None])]
+    for seed, model_name, task, variant, rank in tqdm(jobs, desc="ablate", disable=not progress):
+        net = {"rank": int(rank)} if rank is not None else None
         editor, model, tok, card = editor_for(model_name, "mend", seed, task, steps=steps, world_seed=world_seed,
-                                              variant=variant)
+                                              variant=variant, net=net)
+        reference = parameter_count(shapes, NetConfig.variant(variant, **(net or {})))
         r = evaluate_editor(editor, model, tok, model_name, seed=world_of_run(seed, world_seed), task=task,
                             split=split, n=n, progress=False)
-        rows.append({"model": model_name, "task": task, "variant": variant, "seed": seed,
+        rows.append({"model": model_name, "task": task, "variant": variant,
+                     "rank": NetConfig.variant(variant, **(net or {})).rank, "seed": seed,
                      "world_seed": world_of_run(seed, world_seed), "es_edit": r["es_edit"],
                      "es_rephrase": r["es_rephrase"],
                      "drawdown": r["acc_dd"] if r["acc_dd"] is not None else r["ppl_dd"], "n": r["n"],
-                     "editor_params": card["editor_params"], "params_distilgpt2": reference[variant],
+                     "editor_params": card["editor_params"], "params_distilgpt2": reference,
                      "train_s": card["train_seconds"], "steps": card["steps"], "best_step": card["best_step"]})
         if on_row is not None:
             on_row(rows[-1])
@@ -82,13 +89,15 @@ def ablate(setups=ABLATION_SETUPS, variants=ORDER, seeds=(0, 1, 2), *, n: int | 
 
 
 def summarize(frame, digits: int = 3):
-    """Mean ± std over seeds per variant and task, with the paper's Table 6 figures beside them."""
+    """Mean ± std over seeds per task, variant and rank (tables written before ranks were recorded are at
+    ``NetConfig``'s default), with the paper's Table 6 figures beside them."""
     import pandas as pd
 
     out = []
-    for (task, variant), g in frame.groupby(["task", "variant"], sort=False):
+    frame = with_rank(frame)
+    for (task, variant, rank), g in frame.groupby(["task", "variant", "rank"], sort=False):
         paper = PAPER_TABLE6.get(task, {}).get(variant, (float("nan"), float("nan")))
-        row = {"task": task, "variant": LABELS[variant], "seeds": len(g)}
+        row = {"task": task, "variant": LABELS[variant], "rank": int(rank), "seeds": len(g)}
         for key in ("es_rephrase", "drawdown"):
             mean, std = g[key].mean(), g[key].std()
             row[key] = f"{mean:.{digits}f}" + ("" if std != std else f" ± {std:.{digits}f}")
@@ -98,7 +107,15 @@ def summarize(frame, digits: int = 3):
         out.append(row)
     table = pd.DataFrame(out)
     table["order"] = table["variant"].map({LABELS[v]: i for i, v in enumerate(ORDER)})
-    return table.sort_values(["task", "order"]).drop(columns="order").reset_index(drop=True)
+    table = table.sort_values(["task", "order", "rank"], ascending=[True, True, False])
+    return table.drop(columns="order").reset_index(drop=True)
+
+
+def with_rank(frame):
+    """``frame`` with a ``rank`` column: rows without one were trained at ``NetConfig``'s default rank."""
+    default = NetConfig().rank
+    rank = frame["rank"].fillna(default) if "rank" in frame else default
+    return frame.assign(rank=rank).astype({"rank": int})
 
 
 def load_results(pattern: str = "ablations*.csv", folder=None):
@@ -119,7 +136,8 @@ def load_results(pattern: str = "ablations*.csv", folder=None):
                                                                           "complete")}})
     if not frames:
         raise FileNotFoundError(f"no ablation table {pattern} in {folder}: run `mendlab ablate --out ...` first")
-    frame = pd.concat(frames, ignore_index=True).drop_duplicates(["task", "variant", "seed"], keep="last")
+    frame = with_rank(pd.concat(frames, ignore_index=True))
+    frame = frame[frame["rank"] == NetConfig().rank].drop_duplicates(["task", "variant", "seed"], keep="last")
     n_variants = frame.groupby(["task", "seed"])["variant"].transform("nunique")
     frame = frame[n_variants == frame.groupby("task")["variant"].transform("nunique")]
     return frame.reset_index(drop=True), pd.DataFrame(sources)

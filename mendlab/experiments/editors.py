@@ -187,12 +187,13 @@ def ft_editor(model_name: str = "tiny-gpt2", alg: str = "ft", seed: int = 0, tas
 
 def editor_for(model_name: str, alg: str, seed: int = 0, task: str | None = None, *, steps: int | None = None,
                n_val: int = 48, world_seed: int | None = None, variant: str = "mend", progress: bool = False,
-               train_overrides: dict | None = None, data=None):
+               train_overrides: dict | None = None, data=None, net: dict | None = None):
     """(editor, model, tokenizer, card) for any alg as the comparison runs it: trained editors with the profile's
     TrainConfig (``steps`` overriding its length) plus the editor's ``train_overrides`` and then ``train_overrides``
     (``TrainConfig`` fields, e.g. ``{"batch_edits": 5}``), FT and FT+KL with their lr swept on ``n_val``
     validation requests (they train nothing: ``train_overrides`` is ignored). ``variant``: a MEND ablation
-    (``NetConfig``); ``data``: files to train on instead of the world (:class:`mendlab.filetasks.DataFiles`).
+    (``NetConfig``), ``net``: ``NetConfig`` fields on top of it (e.g. ``{"rank": 128}``; MEND only); ``data``: files
+    to train on instead of the world (:class:`mendlab.filetasks.DataFiles`).
     Cached like :func:`train_editor`."""
     cls = editor_class(alg)
     if not cls.trainable:
@@ -201,7 +202,7 @@ def editor_for(model_name: str, alg: str, seed: int = 0, task: str | None = None
     overrides = {**cls.train_overrides(task), **({"steps": steps} if steps else {}), **(train_overrides or {})}
     cfg = TrainConfig.for_profile(seed=seed, **overrides)
     return train_editor(model_name, alg, variant, seed=seed, task=task, train_config=cfg, progress=progress,
-                        world_seed=world_seed, data=data)
+                        world_seed=world_seed, data=data, net=net)
 
 
 # -- FT's learning rate, chosen on validation edits ------------------------------------------------------------
