@@ -76,7 +76,7 @@ def cmd_ablate(args) -> None:
 
     ranks = [int(r) for r in args.ranks.split(",")] if args.ranks else None
     _run_table(args, ablations.ABLATION_SETUPS, ablations.ablate, args.variants, ablations.summarize,
-               plots.ablations, n=args.n, ranks=ranks)
+               plots.ranks if ranks else plots.ablations, n=args.n, ranks=ranks)
 
 
 def cmd_sequential(args) -> None:

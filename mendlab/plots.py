@@ -65,6 +65,28 @@ def ablations(frame, paper: dict | None = None):
     return fig
 
 
+def ranks(frame, metrics=("es_rephrase", "drawdown")):
+    """Edit success and drawdown against the editor's size, one line per task and one point per rank, the mean
+    over seeds with the seeds' standard deviation as error bars, each point labelled with its rank. ``frame``: the
+    long table of :func:`mendlab.experiments.ablations.ablate` with ``ranks`` (one variant)."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 3.8), squeeze=False)
+    for ax, key in zip(axes[0], metrics, strict=True):
+        for task, g in frame.groupby("task", sort=False):
+            stats = g.groupby("rank").agg(size=("editor_params", "first"), mean=(key, "mean"), std=(key, "std"))
+            stats = stats.sort_values("size").fillna({"std": 0.0})
+            ax.errorbar(stats["size"], stats["mean"], yerr=stats["std"], fmt="o-", capsize=3, label=task)
+            for rank, row in stats.iterrows():
+                ax.annotate(f"r={rank}", (row["size"], row["mean"]), textcoords="offset points", xytext=(4, 4),
+                            fontsize=8)
+        ax.set(xscale="log", xlabel="editor parameters (log)", ylabel=key,
+               title=f"{key} against editor size")
+        ax.legend(title="task", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def retention(frame, key: str = "es_rephrase"):
     """Sequential editing in one figure. Left: the mean ``key`` over the edits made so far (solid) and the
     drawdown (dashed, right axis) against the number of edits made, per editor (mean over seeds). Right: each

@@ -136,3 +136,12 @@ def test_ablate_command_takes_ranks(tmp_path, monkeypatch):
                  "--out", str(out), "--json"]) == 0
     frame, prov = report.load(out)
     assert list(frame["rank"]) == [1920, 128] and prov["ranks"] == "1920,128"
+
+
+def test_ranks_figure_has_a_panel_per_metric():
+    from mendlab import plots
+
+    frame = pd.DataFrame([{"task": t, "rank": r, "seed": s, "editor_params": 10 * r, "es_rephrase": 0.1 * s,
+                           "drawdown": 0.01} for t in ("gen", "qa") for r in (1920, 64) for s in (0, 1)])
+    fig = plots.ranks(frame)
+    assert len(fig.axes) == 2 and all(len(ax.get_lines()) >= 2 for ax in fig.axes)
