@@ -56,14 +56,16 @@ def report(args: argparse.Namespace, bench, columns: list[tuple[str, str, int]])
     given as ``(key, title, width)`` (ratios to two decimals, milliseconds to one)."""
     if not args.json:
         print(f"{'model':<26} " + " ".join(f"{title:>{width}}" for _, title, width in columns) + "  editor")
-    for name in args.models.split(","):
-        row = bench(name.strip(), args.device, args.repeats, args.warmup)
+    for name, rank in [(m, r) for m in args.models.split(",") for r in args.ranks]:
+        NET_OVERRIDES.clear()
+        NET_OVERRIDES.update({} if rank is None else {"rank": rank})
+        row = {**bench(name.strip(), args.device, args.repeats, args.warmup), "rank": net_config().rank}
         if args.json:
             print(json.dumps(row), flush=True)
             continue
         cells = " ".join(f"{row[key]:>{width}.{2 if 'ratio' in key else 1}f}" for key, _, width in columns)
-        print(f"{row['model']:<26} {cells}  {row['editor_params'] / 1e6:.1f}M params, {row['edited_weights']} weights",
-              flush=True)
+        print(f"{row['model']:<26} {cells}  rank {row['rank']}, {row['editor_params'] / 1e6:.2f}M params, "
+              f"{row['edited_weights']} weights", flush=True)
 
 
 def edit_input(vocab_size: int, device: str, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -112,11 +114,11 @@ def parse_args(argv: list[str] | None, description: str) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--json", action="store_true", help="one JSON object per model, one per line")
-    parser.add_argument("--rank", type=int, default=None, help="the editor's NetConfig rank (default: NetConfig's)")
+    parser.add_argument("--rank", default=None,
+                        help="the editor's NetConfig rank, or several (1920,128,64) timed one after another in this "
+                             "run (default: NetConfig's)")
     args = parser.parse_args(argv)
-    NET_OVERRIDES.clear()
-    if args.rank is not None:
-        NET_OVERRIDES["rank"] = args.rank
+    args.ranks = [int(r) for r in args.rank.split(",")] if args.rank else [None]
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     transformers.utils.logging.disable_progress_bar()

@@ -46,16 +46,24 @@ def test_bench_rows_on_a_micro_model(micro, monkeypatch, script, keys):
 
 @pytest.mark.parametrize("as_json", [True, False])
 def test_report_prints_json_lines_or_a_table(capsys, as_json):
-    args = SimpleNamespace(json=as_json, models="tiny,gpt2-small", device="cpu", repeats=1, warmup=0)
-    fake = lambda name, device, repeats, warmup: {"model": name, "step_ms": 12.34, "ratio": 1.5,  # noqa: E731
-                                                   "editor_params": 2e6, "edited_weights": 3}
+    args = SimpleNamespace(json=as_json, models="tiny,gpt2-small", device="cpu", repeats=1, warmup=0,
+                           ranks=[None, 64])
+    seen = []
+
+    def fake(name, device, repeats, warmup):
+        seen.append(edit_latency.net_config().rank)
+        return {"model": name, "step_ms": 12.34, "ratio": 1.5, "editor_params": 2e6, "edited_weights": 3}
+
     train_step.report(args, fake, [("step_ms", "step ms", 9), ("ratio", "ratio", 6)])
     lines = capsys.readouterr().out.splitlines()
+    assert seen == [1920, 64, 1920, 64]  # every model at every rank, in one run
     if as_json:
-        assert [json.loads(line)["model"] for line in lines] == ["tiny", "gpt2-small"]
+        rows = [json.loads(line) for line in lines]
+        assert [(r["model"], r["rank"]) for r in rows] == [("tiny", 1920), ("tiny", 64), ("gpt2-small", 1920),
+                                                           ("gpt2-small", 64)]
     else:
         assert lines[0].split() == ["model", "step", "ms", "ratio", "editor"]
-        assert lines[1].split()[:3] == ["tiny", "12.3", "1.50"] and "2.0M params, 3 weights" in lines[1]
+        assert lines[1].split()[:3] == ["tiny", "12.3", "1.50"] and "rank 1920, 2.00M params, 3 weights" in lines[1]
 
 
 def test_crash_resume_survives_sigkill_at_random_moments():
