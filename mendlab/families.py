@@ -117,8 +117,10 @@ def kind_of(model: nn.Module) -> str:
                                 "mendlab.families.register(Family(...))")
 
 
-def _param(model: nn.Module, name: str) -> nn.Parameter:
-    params = dict(model.named_parameters())
+def _param(model: nn.Module, name: str, params: dict | None = None) -> nn.Parameter:
+    """The parameter ``name`` of ``model``; ``params``: ``dict(model.named_parameters())`` when the caller has it
+    (building it walks every module, which costs more than a tiny model's forward pass when done per name)."""
+    params = dict(model.named_parameters()) if params is None else params
     if name in params:
         return params[name]
     candidates = [n for n in params if n.endswith("." + name)]
@@ -131,8 +133,8 @@ def _owner(model: nn.Module, name: str) -> nn.Module:
     return model.get_submodule(name.rpartition(".")[0])
 
 
-def _matrix(model: nn.Module, name: str) -> nn.Parameter:
-    param = _param(model, name)
+def _matrix(model: nn.Module, name: str, params: dict | None = None) -> nn.Parameter:
+    param = _param(model, name, params)
     if param.dim() != 2:
         raise ValueError(f"{name!r} has shape {tuple(param.shape)}; MEND edits 2-D weight matrices only")
     owner = _owner(model, name)
@@ -143,16 +145,18 @@ def _matrix(model: nn.Module, name: str) -> nn.Parameter:
     return param
 
 
-def is_conv1d(model: nn.Module, name: str) -> bool:
+def is_conv1d(model: nn.Module, name: str, params: dict | None = None) -> bool:
     """Whether parameter ``name`` belongs to an HF ``Conv1D`` (stored ``[in, out]``)."""
-    _param(model, name)
+    _param(model, name, params)
     return isinstance(_owner(model, name), Conv1D)
 
 
-def shape_key(model: nn.Module, name: str) -> tuple[int, int]:
-    """``(in_features, out_features)`` of the 2-D weight ``name``, whatever its storage layout."""
-    rows, cols = _matrix(model, name).shape
-    return (rows, cols) if is_conv1d(model, name) else (cols, rows)
+def shape_key(model: nn.Module, name: str, params: dict | None = None) -> tuple[int, int]:
+    """``(in_features, out_features)`` of the 2-D weight ``name``, whatever its storage layout (``params``: see
+    ``_param``)."""
+    params = dict(model.named_parameters()) if params is None else params
+    rows, cols = _matrix(model, name, params).shape
+    return (rows, cols) if is_conv1d(model, name, params) else (cols, rows)
 
 
 def default_edited_weights(model: nn.Module) -> list[str]:
@@ -168,8 +172,8 @@ def default_edited_weights(model: nn.Module) -> list[str]:
             raise KeyError(
                 f"default weight of family {family.model_type!r} not found in {type(model).__name__}; tried {tried}"
             )
-        _matrix(model, full)
-        if is_conv1d(model, full) != family.conv1d:
+        _matrix(model, full, params)
+        if is_conv1d(model, full, params) != family.conv1d:
             raise ValueError(f"family {family.model_type!r} says conv1d={family.conv1d}, but {full!r} disagrees")
         names.append(full)
     return names
@@ -190,8 +194,9 @@ def edited_weights(model: nn.Module, names: Sequence[str] | None = None) -> list
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ValueError(f"duplicate weight names: {duplicates}")
+    params = dict(model.named_parameters())
     for name in names:
-        _matrix(model, name)
+        _matrix(model, name, params)
     return names
 
 

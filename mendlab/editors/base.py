@@ -191,6 +191,9 @@ def eval_mode(model: nn.Module):
     Warns once if it was in training mode: dropout would make every edit of the same request different."""
     global _warned_training
     modes = [(m, m.training) for m in model.modules()]
+    if not any(mode for _, mode in modes):  # already in eval mode everywhere (the usual case): nothing to undo
+        yield model
+        return
     if model.training and not _warned_training:
         _warned_training = True
         warnings.warn("the base model is in training mode (dropout on); editors run it in eval mode, so the same "
@@ -217,7 +220,7 @@ def check_editor_model(editor, model) -> None:
     elif any(n not in params for n in base["shapes"]):
         problem = f"the model has no weights {[n for n in base['shapes'] if n not in params][:3]}"
     else:
-        wrong = [n for n, s in base["shapes"].items() if list(shape_key(model, n)) != list(s)]
+        wrong = [n for n, s in base["shapes"].items() if list(shape_key(model, n, params)) != list(s)]
         problem = f"different shapes of {wrong[:3]}" if wrong else None
     if problem:
         raise MismatchedModelError(
