@@ -68,11 +68,18 @@ def test_every_variant_has_a_label_and_paper_figures():
     assert all(set(ablations.PAPER_TABLE6[t]) == set(VARIANTS) for t in ("gen", "qa"))
 
 
-def test_ablate_command_writes_table_provenance_and_figure(tmp_path, monkeypatch):
+@pytest.fixture
+def fake_scores(monkeypatch):
+    """Training and scoring replaced by fakes; the list of ``editor_for`` calls."""
     calls = []
     monkeypatch.setattr(ablations, "editor_for", _fake_editor_for(calls))
     monkeypatch.setattr(ablations, "evaluate_editor", lambda *a, **k: {
         "es_edit": 1.0, "es_rephrase": 0.9, "acc_dd": 0.01, "ppl_dd": None, "n": 3})
+    return calls
+
+
+def test_ablate_command_writes_table_provenance_and_figure(tmp_path, fake_scores):
+    calls = fake_scores
     out = tmp_path / "ablations.csv"
     assert main(["ablate", "--setup", "tiny-bart:qa", "--variants", "mend,only_u", "--seeds", "0", "--steps", "3",
                  "--out", str(out), "--figure", str(tmp_path / "a.png"), "--json"]) == 0
@@ -126,11 +133,7 @@ def test_ablate_ranks_train_each_variant_at_each_rank(monkeypatch):
     assert list(ablations.with_rank(frame.drop(columns="rank"))["rank"]) == [1920] * 4
 
 
-def test_ablate_command_takes_ranks(tmp_path, monkeypatch):
-    calls = []
-    monkeypatch.setattr(ablations, "editor_for", _fake_editor_for(calls))
-    monkeypatch.setattr(ablations, "evaluate_editor", lambda *a, **k: {
-        "es_edit": 1.0, "es_rephrase": 0.9, "acc_dd": 0.01, "ppl_dd": None, "n": 3})
+def test_ablate_command_takes_ranks(tmp_path, fake_scores):
     out = tmp_path / "rank.csv"
     assert main(["ablate", "--setup", "tiny-bart:qa", "--variants", "mend", "--ranks", "1920,128", "--seeds", "0",
                  "--out", str(out), "--json"]) == 0
