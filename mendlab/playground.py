@@ -1,9 +1,9 @@
 """The logic behind the editing playground (:mod:`mendlab.widgets`): edit a model live, look, undo.
 
-A :class:`PlaygroundSession` holds one base model, its tokenizer and a few editors by name. Every widget
+A :class:`Workbench` holds one base model, its tokenizer and a few editors by name. Every widget
 callback calls one method here, so the whole playground is testable without a browser:
 
-    s = PlaygroundSession(model, tok, {"MEND": mend, "FT": ft}, world=world)
+    s = Workbench(model, tok, {"MEND": mend, "FT": ft}, world=world)
     r = s.edit("Where was Kavo Rinel born?", "Tarsk", "MEND")   # computed on the current model, applied in place
     r.frame()                                                   # before/after on the prompt, rephrasings, unrelated
     s.queue(...); s.apply_batch("MEND")                          # several requests as one edit
@@ -104,7 +104,7 @@ class _Applied:
     saved: dict[str, torch.Tensor] = field(repr=False)
 
 
-class PlaygroundSession:
+class Workbench:
     """Live edits of ``model`` with ``editors`` (name → :class:`~mendlab.editors.Editor`); see the module doc.
 
     ``world``: suggests rephrasings of a question about one of its subjects and gives the unrelated facts;
@@ -232,7 +232,7 @@ class PlaygroundSession:
         self.undo_all()
         self.pending.clear()
 
-    def __enter__(self) -> PlaygroundSession:
+    def __enter__(self) -> Workbench:
         return self
 
     def __exit__(self, *exc) -> None:

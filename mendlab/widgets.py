@@ -8,7 +8,7 @@ Type a question and a new answer, pick an editor and press Edit: the table shows
 rephrasings and a few unrelated facts before and after, with p(target); the chart shows p before and after.
 Edits stack (each computed on the already-edited model) or, in batch mode, queue up and apply as one edit.
 Undo and Undo all restore the weights bit for bit; Compare runs the request through two editors side by side
-without keeping either edit. Every callback calls one :class:`~mendlab.playground.PlaygroundSession` method,
+without keeping either edit. Every callback calls one :class:`~mendlab.playground.Workbench` method,
 so the logic is tested without a browser; bad input becomes a message in the status line, not a traceback.
 
 Every control carries a CSS class (``mendlab-prompt``, ``mendlab-edit``, ``mendlab-table`` …) for the browser test.
@@ -20,7 +20,7 @@ import html
 
 import ipywidgets as W
 
-from mendlab.playground import EditResult, PlaygroundError, PlaygroundSession
+from mendlab.playground import EditResult, PlaygroundError, Workbench
 
 _STYLE = ("<style>.mendlab-table table{border-collapse:collapse;font-size:13px}"
           ".mendlab-table td,.mendlab-table th{padding:2px 8px;border-bottom:1px solid #ddd;text-align:left}"
@@ -28,11 +28,11 @@ _STYLE = ("<style>.mendlab-table table{border-collapse:collapse;font-size:13px}"
 
 
 class Playground:
-    """An ipywidgets panel over a :class:`PlaygroundSession` (``session``); ``widget`` is the panel."""
+    """An ipywidgets panel over a :class:`Workbench` (``workbench``); ``widget`` is the panel."""
 
-    def __init__(self, model, tokenizer, editors: dict, **session_options):
-        self.session = PlaygroundSession(model, tokenizer, editors, **session_options)
-        names = list(self.session.editors)
+    def __init__(self, model, tokenizer, editors: dict, **options):
+        self.workbench = Workbench(model, tokenizer, editors, **options)
+        names = list(self.workbench.editors)
         self.prompt = _tagged(W.Text(description="Prompt", placeholder="Where was … born?",
                                      layout=W.Layout(width="480px")), "prompt")
         self.target = _tagged(W.Text(description="New answer", layout=W.Layout(width="300px")), "target")
@@ -57,7 +57,7 @@ class Playground:
 
     @classmethod
     def for_zoo(cls, model_name: str = "tiny-gpt2", algs=("mend", "ft"), seed: int = 0, progress: bool = False,
-                **session_options) -> Playground:
+                **options) -> Playground:
         """A zoo model with its editors for ``algs`` as the comparison trains them (cached, see
         :func:`mendlab.experiments.editors.editor_for`), watched on its world's facts."""
         from mendlab import zoo
@@ -69,14 +69,14 @@ class Playground:
             editor, m, t, _ = editor_for(model_name, alg, seed, progress=progress)
             model, tok = (model, tok) if model is not None else (m, t)
             editors[LABELS.get(alg, alg)] = editor
-        return cls(model, tok, editors, world=zoo.world_of(model_name, seed=seed), seed=seed, **session_options)
+        return cls(model, tok, editors, world=zoo.world_of(model_name, seed=seed), seed=seed, **options)
 
     def _ipython_display_(self):
         from IPython.display import display
 
         display(self.widget)
 
-    # -- callbacks: each calls one session method and renders what it returns ----------------------------------
+    # -- callbacks: each calls one workbench method and renders what it returns ----------------------------------
     def _wire(self) -> None:
         self.prompt.observe(self._on_prompt, names="value")
         handlers = {"edit": self._on_edit, "apply-batch": self._on_apply_batch, "undo": self._on_undo,
@@ -93,7 +93,7 @@ class Playground:
     def _on_prompt(self, change) -> None:
         """Fill the rephrasings with the world's suggestions; clear them when they were the last prompt's
         suggestions and the new prompt has none (what the user typed is kept)."""
-        suggested = "\n".join(self.session.suggest_rephrasings(change["new"]))
+        suggested = "\n".join(self.workbench.suggest_rephrasings(change["new"]))
         if suggested or self.rephrasings.value == self._suggested:
             self.rephrasings.value = suggested
         self._suggested = suggested
@@ -103,32 +103,32 @@ class Playground:
 
     def _on_edit(self) -> None:
         if self.mode.value == "batch":
-            n = self.session.queue(self.prompt.value, self.target.value)
+            n = self.workbench.queue(self.prompt.value, self.target.value)
             self._say(f"queued: {n} request{'s' * (n > 1)} in the batch; press Apply batch to edit them as one")
             return
-        result = self.session.edit(self.prompt.value, self.target.value, self.editor.value, self._typed_rephrasings())
+        result = self.workbench.edit(self.prompt.value, self.target.value, self.editor.value, self._typed_rephrasings())
         self._show(result, f"edited in {result.seconds:.2f} s with {html.escape(result.editor)}")
 
     def _on_apply_batch(self) -> None:
-        result = self.session.apply_batch(self.editor.value)
+        result = self.workbench.apply_batch(self.editor.value)
         self._show(result, f"edited in {result.seconds:.2f} s with {html.escape(result.editor)}: "
                            f"{len(result.requests)} requests as one edit")
 
     def _on_undo(self) -> None:
-        result = self.session.undo()
+        result = self.workbench.undo()
         if result is None:
             self._say("nothing to undo: the model is as it was loaded")
             return
         self._show(result, f"undone: {html.escape(result.requests[0][0])} (weights restored bit for bit)")
 
     def _on_undo_all(self) -> None:
-        n = self.session.undo_all()
+        n = self.workbench.undo_all()
         self.table.value, self.chart.value = "", b""
         self._say(f"undone all {n} edit{'s' * (n != 1)}: the model is as it was loaded")
         self._show_history()
 
     def _on_compare(self) -> None:
-        a, b = self.session.compare(self.prompt.value, self.target.value, self.editor.value, self.editor_b.value,
+        a, b = self.workbench.compare(self.prompt.value, self.target.value, self.editor.value, self.editor_b.value,
                                     self._typed_rephrasings())
         self.table.value = _compare_html(a, b)
         self._say(f"compared (neither edit kept): {html.escape(a.editor)} {a.seconds:.2f} s, "
@@ -151,9 +151,9 @@ class Playground:
     def _show_history(self) -> None:
         items = "".join(f"<li>{html.escape(a.result.editor)}: "
                         + "; ".join(f"{html.escape(p)} → {html.escape(t)}" for p, t in a.result.requests) + "</li>"
-                        for a in self.session.history)
-        pending = f"<p>queued for the batch: {len(self.session.pending)}</p>" if self.session.pending else ""
-        self.history.value = (f"<b>Applied edits ({self.session.n_applied})</b><ol>{items}</ol>" + pending)
+                        for a in self.workbench.history)
+        pending = f"<p>queued for the batch: {len(self.workbench.pending)}</p>" if self.workbench.pending else ""
+        self.history.value = (f"<b>Applied edits ({self.workbench.n_applied})</b><ol>{items}</ol>" + pending)
 
     def _chart(self, results: list[EditResult]) -> None:
         """The bars as a PNG in an Image widget: it shows the same in a kernel, a browser and a test."""

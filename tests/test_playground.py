@@ -1,4 +1,4 @@
-"""The playground's logic (PlaygroundSession) and every widget callback, on a micro GPT-2 without a browser."""
+"""The playground's logic (Workbench) and every widget callback, on a micro GPT-2 without a browser."""
 
 import pytest
 import torch
@@ -6,7 +6,7 @@ import torch
 from mendlab.editors import MEND
 from mendlab.editors.ft import FT, FTConfig
 from mendlab.nets import NetConfig
-from mendlab.playground import PlaygroundError, PlaygroundSession
+from mendlab.playground import PlaygroundError, Workbench
 from mendlab.widgets import Playground
 
 
@@ -37,7 +37,7 @@ def _request(world, i: int = 0, split: str = "test"):
 
 def test_edit_tabulates_prompt_rephrasings_and_unrelated_facts(setup):
     model, tok, world, editors = setup
-    s = PlaygroundSession(model, tok, editors, world=world)
+    s = Workbench(model, tok, editors, world=world)
     prompt, target = _request(world)
     result = s.edit(prompt, target, "FT")
     roles = [c.role for c in result.rows]
@@ -53,7 +53,7 @@ def test_edit_tabulates_prompt_rephrasings_and_unrelated_facts(setup):
 
 def test_typed_rephrasings_replace_the_suggestions(setup):
     model, tok, world, editors = setup
-    s = PlaygroundSession(model, tok, editors, world=world)
+    s = Workbench(model, tok, editors, world=world)
     assert s.suggest_rephrasings("What is the meaning of life?") == []
     result = s.preview("Who painted the sky?", "Nobody", "FT", rephrasings=["Who painted it?", " ", "Who did?"])
     assert [c.prompt for c in result.rows if c.role == "rephrase"] == ["Who painted it?", "Who did?"]
@@ -62,7 +62,7 @@ def test_typed_rephrasings_replace_the_suggestions(setup):
 
 def test_stacked_edits_undo_one_by_one_and_all_bit_for_bit(setup):
     model, tok, world, editors = setup
-    s = PlaygroundSession(model, tok, editors, world=world)
+    s = Workbench(model, tok, editors, world=world)
     original = _weights(model)
     s.edit(*_request(world, 0), "FT")
     after_one = _weights(model)
@@ -78,7 +78,7 @@ def test_stacked_edits_undo_one_by_one_and_all_bit_for_bit(setup):
 
 def test_batch_is_one_edit_and_undoes_exactly(setup):
     model, tok, world, editors = setup
-    s = PlaygroundSession(model, tok, editors, world=world)
+    s = Workbench(model, tok, editors, world=world)
     original = _weights(model)
     with pytest.raises(PlaygroundError, match="no requests are queued"):
         s.apply_batch("MEND")
@@ -93,7 +93,7 @@ def test_batch_is_one_edit_and_undoes_exactly(setup):
 
 def test_compare_runs_both_editors_and_keeps_neither(setup):
     model, tok, world, editors = setup
-    s = PlaygroundSession(model, tok, editors, world=world)
+    s = Workbench(model, tok, editors, world=world)
     original = _weights(model)
     a, b = s.compare(*_request(world), "MEND", "FT")
     assert (a.editor, b.editor) == ("MEND", "FT") and a.requests == b.requests
@@ -109,7 +109,7 @@ def test_compare_runs_both_editors_and_keeps_neither(setup):
 ])
 def test_bad_requests_get_clear_messages(setup, prompt, target, message):
     model, tok, world, editors = setup
-    s = PlaygroundSession(model, tok, editors, world=world)
+    s = Workbench(model, tok, editors, world=world)
     with pytest.raises(PlaygroundError, match=message):
         s.edit(prompt, target, "FT")
     with pytest.raises(PlaygroundError, match="no editor 'ROME'"):
@@ -119,7 +119,7 @@ def test_bad_requests_get_clear_messages(setup, prompt, target, message):
 def test_an_editor_for_another_model_is_refused_when_used(setup, micro):
     model, tok, world, editors = setup
     other, _, _ = micro("gpt_neo")
-    s = PlaygroundSession(model, tok, {**editors, "MEND (other model)": MEND.for_model(other, NetConfig(rank=8))},
+    s = Workbench(model, tok, {**editors, "MEND (other model)": MEND.for_model(other, NetConfig(rank=8))},
                           world=world)
     assert list(s.unusable) == ["MEND (other model)"]
     with pytest.raises(PlaygroundError, match="was trained for model"):
@@ -129,7 +129,7 @@ def test_an_editor_for_another_model_is_refused_when_used(setup, micro):
 
 def test_a_failing_edit_leaves_the_model_untouched(setup, monkeypatch):
     model, tok, world, editors = setup
-    s = PlaygroundSession(model, tok, editors, world=world)
+    s = Workbench(model, tok, editors, world=world)
     original = _weights(model)
     monkeypatch.setattr(editors["FT"], "edit", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
     with pytest.raises(RuntimeError, match="boom"):
@@ -137,10 +137,10 @@ def test_a_failing_edit_leaves_the_model_untouched(setup, monkeypatch):
     assert _same(model, original) and s.n_applied == 0
 
 
-def test_session_as_context_manager_restores_the_model(setup):
+def test_workbench_as_context_manager_restores_the_model(setup):
     model, tok, world, editors = setup
     original = _weights(model)
-    with PlaygroundSession(model, tok, editors, world=world) as s:
+    with Workbench(model, tok, editors, world=world) as s:
         s.edit(*_request(world), "FT")
         s.queue(*_request(world, 1))
     assert _same(model, original) and s.pending == []
@@ -152,7 +152,7 @@ def panel(setup):
     model, tok, world, editors = setup
     pg = Playground(model, tok, editors, world=world)
     yield pg, world, _weights(model)
-    pg.session.close()
+    pg.workbench.close()
 
 
 def test_widget_edit_undo_and_undo_all(panel):
@@ -166,13 +166,13 @@ def test_widget_edit_undo_and_undo_all(panel):
     assert f'<td class="after">{target}</td>' in pg.table.value and "Applied edits (1)" in pg.history.value
     assert bytes(pg.chart.value).startswith(b"\x89PNG")
     pg.buttons["undo"].click()
-    assert "undone" in pg.status.value and _same(pg.session.model, original)
+    assert "undone" in pg.status.value and _same(pg.workbench.model, original)
     pg.buttons["undo"].click()
     assert "nothing to undo" in pg.status.value
     pg.buttons["edit"].click()
     pg.buttons["edit"].click()
     pg.buttons["undo-all"].click()
-    assert "undone all 2 edits" in pg.status.value and _same(pg.session.model, original)
+    assert "undone all 2 edits" in pg.status.value and _same(pg.workbench.model, original)
 
 
 def test_widget_batch_mode_queues_then_applies(panel):
@@ -181,11 +181,11 @@ def test_widget_batch_mode_queues_then_applies(panel):
     for i in range(2):
         pg.prompt.value, pg.target.value = _request(world, i)
         pg.buttons["edit"].click()
-    assert "queued: 2 requests" in pg.status.value and pg.session.n_applied == 0
+    assert "queued: 2 requests" in pg.status.value and pg.workbench.n_applied == 0
     pg.buttons["apply-batch"].click()
-    assert "2 requests as one edit" in pg.status.value and pg.session.n_applied == 1
+    assert "2 requests as one edit" in pg.status.value and pg.workbench.n_applied == 1
     pg.buttons["undo-all"].click()
-    assert _same(pg.session.model, original)
+    assert _same(pg.workbench.model, original)
 
 
 def test_widget_compare_and_errors_in_the_status_line(panel):
@@ -194,7 +194,7 @@ def test_widget_compare_and_errors_in_the_status_line(panel):
     pg.editor.value, pg.editor_b.value = "MEND", "FT"
     pg.buttons["compare"].click()
     assert "compared" in pg.status.value and pg.table.value.count("<table>") == 2
-    assert _same(pg.session.model, original)
+    assert _same(pg.workbench.model, original)
     pg.target.value = ""
     pg.buttons["edit"].click()
     assert 'class="mendlab-error"' in pg.status.value and "type the new answer" in pg.status.value
@@ -205,7 +205,7 @@ def test_widget_compare_and_errors_in_the_status_line(panel):
 
 def test_an_interrupted_edit_is_taken_back(setup, monkeypatch):
     model, tok, world, editors = setup
-    s = PlaygroundSession(model, tok, editors, world=world)
+    s = Workbench(model, tok, editors, world=world)
     original, looks = _weights(model), []
 
     def look(checks, edit=None):  # the table after the edit is interrupted (a kernel interrupt in class)
@@ -224,7 +224,7 @@ def test_a_batch_of_mend_edits_is_their_sum_and_watches_no_requested_subject(set
     from mendlab.data import EditExample
 
     model, tok, world, editors = setup
-    s = PlaygroundSession(model, tok, editors, world=world)
+    s = Workbench(model, tok, editors, world=world)
     requests = [_request(world, i, "train") for i in range(2)]
     for r in requests:
         s.queue(*r)
