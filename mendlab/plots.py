@@ -87,6 +87,31 @@ def ranks(frame, metrics=("es_rephrase", "drawdown")):
     return fig
 
 
+def sum_growth(frames: dict):
+    """How the sum of k edits grows: ‖Σ_{b<k} ΔW_b‖ / (size of one edit) against k (log-log), one panel per entry
+    of ``frames`` (label → :func:`mendlab.interference.sum_norms` table): the measured growth of each weight
+    (points), the formula √(k (1 + (k − 1) ρ)) with each weight's coherence (lines) and √k, the growth of
+    unrelated edits (black, dashed)."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    fig, axes = plt.subplots(1, len(frames), figsize=(5.2 * len(frames), 3.8), squeeze=False, sharey=True)
+    for ax, (label, frame) in zip(axes[0], frames.items(), strict=True):
+        weights = list(dict.fromkeys(frame["weight"]))
+        for name, colour in zip(weights, sns.color_palette("viridis", len(weights)), strict=True):
+            g = frame[frame["weight"] == name]
+            ax.plot(g["k"], g["predicted"], color=colour, linewidth=1)
+            ax.plot(g["k"], g["measured"], "o", color=colour, markersize=4,
+                    label=name.removeprefix("model.").removesuffix(".weight"))
+        ks = sorted(set(frame["k"]))
+        ax.plot(ks, [k ** 0.5 for k in ks], "k--", label="√k (unrelated edits)")
+        ax.set(xscale="log", yscale="log", xlabel="edits summed k", title=label,
+               ylabel="‖sum of k edits‖ / ‖one edit‖")
+    axes[0][-1].legend(fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
 def retention(frame, key: str = "es_rephrase"):
     """Sequential editing in one figure. Left: the mean ``key`` over the edits made so far (solid) and the
     drawdown (dashed, right axis) against the number of edits made, per editor (mean over seeds). Right: each
