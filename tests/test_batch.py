@@ -193,7 +193,7 @@ def test_a_batch_trained_editor_has_its_own_cache_folder(tmp_path, monkeypatch):
 
 # -- (d) the runner ---------------------------------------------------------------------------------------------
 COLUMNS = ["model", "task", "editor", "alg", "aggregate", "train_k", "k", "seed", "world_seed", "es_edit",
-           "es_rephrase", "drawdown", "edit_ms", "n"]
+           "es_rephrase", "drawdown", "edit_ms", "n", "coherence", "edit_size"]
 
 
 def _fakes(micro, monkeypatch, test_size: int = 5):
@@ -225,6 +225,10 @@ def test_run_tabulates_every_k_seed_by_seed(micro, monkeypatch):
     ft = frame["alg"] == "ft"
     assert frame.loc[ft, "train_k"].isna().all() and (frame.loc[~ft, "train_k"] == 1).all()
     assert frame[["es_edit", "es_rephrase"]].stack().between(0, 1).all()
+    # how alike each editor's edits are: once per editor (the same for every k), none for FT
+    assert frame.loc[ft, ["coherence", "edit_size"]].isna().all().all()
+    assert frame.loc[~ft, "coherence"].between(-1, 1).all() and (frame.loc[~ft, "edit_size"] > 0).all()
+    assert frame[~ft].groupby(["seed", "editor"])["coherence"].nunique().eq(1).all()
     # one editor for every k
     assert [c[:2] for c in calls] == [(s, a) for s in (0, 1) for a in ("mend", "mend", "enn", "ft")]
     assert all(c[2] is None for c in calls)
@@ -271,7 +275,8 @@ def test_batch_command_writes_table_provenance_and_figure(tmp_path, monkeypatch)
         calls.append({"setups": setups, "items": items, "ks": ks, "train_k": train_k, "n": n})
         rows = [{"model": m, "task": t, "editor": i, "alg": i.partition(":")[0],
                  "aggregate": i.partition(":")[2] or None, "train_k": 1, "k": k, "seed": s, "world_seed": s,
-                 "es_edit": 1.0, "es_rephrase": 1.0 / k, "drawdown": 0.01 * k, "edit_ms": 1.0, "n": 10}
+                 "es_edit": 1.0, "es_rephrase": 1.0 / k, "drawdown": 0.01 * k, "edit_ms": 1.0, "n": 10,
+                 "coherence": 0.1, "edit_size": 1.0}
                 for s in seeds for m, t in setups for i in items for k in ks]
         for r in rows:
             on_row(r)

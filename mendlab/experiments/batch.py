@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import warnings
 
-from mendlab import metrics
+from mendlab import interference, metrics
+from mendlab.data import Collator
 from mendlab.edit import AGGREGATIONS
 from mendlab.editors import editor_class
 from mendlab.experiments.editors import editor_for, task_for, world_of_run
@@ -30,6 +31,7 @@ from mendlab.experiments.editors import editor_for, task_for, world_of_run
 SETUPS = (("tiny-bart", "qa"),)  # Table 5's zsRE BART-base, in miniature: the default of `mendlab batch`
 EDITOR_SPECS = ("mend:sum", "mend:least_squares", "enn:sum", "ft")  # the default items
 KS = (1, 5, 25, 75, 125)  # Table 5's numbers of simultaneous edits
+COHERENCE_N = 125  # requests whose edits give the coherence columns (the largest k of Table 5)
 TRAIN_KS = ("1", "same")  # editors trained on single edits, or on k at once
 # Table 5 as printed: (edit success, accuracy drawdown) on zsRE with BART-base, per k; ENN's drawdown not entered
 PAPER_TABLE5 = {
@@ -78,7 +80,9 @@ def run(setups, items, seeds, *, ks=KS, train_k: str = "1", n: int | None = None
     Returns a long DataFrame, one row per (seed, setup, item, k), seeds outermost: ``model``, ``task``,
     ``editor`` (the item), ``alg``, ``aggregate``, ``train_k`` (the k its editor was trained with; None for an
     editor that trains nothing), ``k``, ``seed``, ``world_seed``, ``es_edit``, ``es_rephrase``, ``drawdown``
-    (acc_dd, or ppl_dd where accuracy is not defined), ``edit_ms`` (per request) and ``n`` (requests scored).
+    (acc_dd, or ppl_dd where accuracy is not defined), ``edit_ms`` (per request), ``n`` (requests scored), and
+    how alike the editor's single edits of the split's first 125 requests are: ``coherence`` and ``edit_size``
+    (:mod:`mendlab.interference`; None for FT). Summed edits grow with k like √(k (1 + (k − 1) coherence)).
     ``on_row(row)`` is called as each row is finished (``ResultsTable.add``).
     """
     import pandas as pd
@@ -108,6 +112,7 @@ def _rows(model_name, task, item, spec, seed, ks, train_k, n, split, steps, worl
     trains = editor_class(alg).trainable
     editor = data = current = None
     examples: list = []
+    alike, alike_for = {}, None  # the coherence columns, computed once per editor
     for k in ks:
         if data is not None and not _fits(k, examples, split, model_name, task):
             continue
@@ -121,13 +126,26 @@ def _rows(model_name, task, item, spec, seed, ks, train_k, n, split, steps, worl
             examples = data.split(split)[:n] if n else data.split(split)
             if not _fits(k, examples, split, model_name, task):
                 continue
+        if alike_for is not editor:
+            alike, alike_for = _alike(editor, model, tok, examples), editor
         r = metrics.evaluate(editor, model, tok, examples[:len(examples) // k * k], data.panel, n_edits=k,
                              aggregate=aggregate, progress=False)
         yield {"model": model_name, "task": task, "editor": item, "alg": alg, "aggregate": aggregate,
                "train_k": (overrides or {}).get("batch_edits", 1) if trains else None, "k": k, "seed": seed,
                "world_seed": ws, "es_edit": r["es_edit"], "es_rephrase": r["es_rephrase"],
                "drawdown": r["acc_dd"] if r["acc_dd"] is not None else r["ppl_dd"], "edit_ms": r["edit_ms"],
-               "n": r["n"]}
+               "n": r["n"], "coherence": alike["coherence"], "edit_size": alike["edit_size"]}
+
+
+def _alike(editor, model, tok, examples, n: int = COHERENCE_N) -> dict:
+    """How alike the editor's edits of the first ``n`` requests are (:func:`mendlab.interference.coherence`):
+    ``coherence`` (ρ, the mean over edited weights) and ``edit_size`` (the mean over weights of the root mean square
+    ‖ΔW_b‖_F); None for an editor without ``edit_many`` (FT) or fewer than 2 requests."""
+    if not editor.batched or len(examples) < 2:
+        return {"coherence": None, "edit_size": None}
+    enc = Collator.for_model(model, tok).encode([(e.prompt, e.target) for e in examples[:n]])
+    table = interference.coherence(editor.edit_many(model, enc).detach())
+    return {"coherence": float(table["coherence"].mean()), "edit_size": float(table["size"].mean())}
 
 
 def _fits(k: int, examples: list, split: str, model_name: str, task) -> bool:
