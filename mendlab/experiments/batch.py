@@ -143,7 +143,8 @@ def _alike(editor, model, tok, examples, n: int = COHERENCE_N) -> dict:
     ‖ΔW_b‖_F); None for an editor without ``edit_many`` (FT) or fewer than 2 requests."""
     if not editor.batched or len(examples) < 2:
         return {"coherence": None, "edit_size": None}
-    enc = Collator.for_model(model, tok).encode([(e.prompt, e.target) for e in examples[:n]])
+    enc = Collator.for_model(model, tok).encode([(e.prompt, e.target) for e in examples[:n]],
+                                                gen=examples[0].kind == "gen")  # as metrics.evaluate encodes
     table = interference.coherence(editor.edit_many(model, enc).detach())
     return {"coherence": float(table["coherence"].mean()), "edit_size": float(table["size"].mean())}
 
