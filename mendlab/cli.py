@@ -149,7 +149,7 @@ def _load_editor(args):
     card = json.loads(card_file.read_text()) if card_file.exists() else {}
     seed = args.seed if args.seed is not None else card.get("seed", 0)
     prepare(args, card)  # clear errors for a model that cannot load here, before loading it
-    model, tok = zoo.load(args.model, seed=seed if args.model in zoo.names() else None, progress=not args.json)
+    model, tok = zoo.load(args.model, seed=seed if zoo.known(args.model) else None, progress=not args.json)
     editor = load_editor(best, model)
     if args.alg is not None and editor.alg != args.alg:
         raise ValueError(f"{args.editor} holds a {editor.alg!r} editor, not {args.alg!r}")
@@ -186,7 +186,7 @@ def cmd_edit(args) -> None:
     data = data_files(args, card)
     if not unrelated and data is not None:  # one unrelated fact of the files' panel
         unrelated = data.task(get_family(model).kind, tok).panel[:1]
-    elif not unrelated and args.model in zoo.names():
+    elif not unrelated and zoo.known(args.model):
         unrelated = tasks.from_world(zoo.world_of(args.model, seed=seed), get_family(model).kind).panel[:1]
     _, df = experiments.edit_report(editor, model, tok, args.prompt, args.target, args.rephrase, unrelated)
     with pd.option_context("display.width", 160, "display.max_colwidth", 50):

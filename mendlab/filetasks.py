@@ -153,7 +153,7 @@ def check_model(name: str, files: DataFiles | None = None) -> None:
     from mendlab import zoo
     from mendlab.families import get_family
 
-    if name in zoo.names():
+    if zoo.known(name):
         return
     path = Path(name).expanduser()
     if path.exists():

@@ -70,7 +70,7 @@ def resolve_config(spec):
         return transformers.AutoConfig.for_model(**spec)
     if isinstance(spec, str) and spec in KNOWN:
         return transformers.AutoConfig.for_model(KNOWN[spec][0], **KNOWN[spec][1])
-    if isinstance(spec, str) and spec in zoo.names():
+    if isinstance(spec, str) and zoo.known(spec):
         s = zoo.spec(spec, "ci")
         return transformers.AutoConfig.for_model(s.model_type, vocab_size=s.vocab_size, **s.config)
     raise ValueError(f"unknown model {spec!r}: give one of {sorted(KNOWN)}, a zoo name or a JSON object with a "

@@ -89,14 +89,32 @@ ZOO: dict[str, dict[str, ZooSpec]] = {p: {s.name: _scaled(s, cfg.SETTINGS[p].zoo
                                       for p in cfg.PROFILES}
 
 
+# Named variants: zoo models the course never builds on its own (not in :func:`names`), for experiments that ask
+# how a result depends on the model's size. Same world, tokenizer and training as their base; only the width.
+# tiny-bart-wide has twice tiny-bart's d_model and four times its MLP (BART-base's 1:4 ratio, 768 / 3072).
+VARIANTS: dict[str, tuple[str, dict]] = {
+    "tiny-bart-wide": ("tiny-bart", dict(d_model=256, encoder_ffn_dim=1024, decoder_ffn_dim=1024)),
+}
+
+
 def names() -> list[str]:
+    """The course's zoo (``mendlab zoo build --all``); the named :data:`VARIANTS` are built only when asked for."""
     return list(ZOO["ci"])
 
 
+def known(name: str) -> bool:
+    """Whether ``name`` is a zoo model or a named variant (else it is a local folder or a hub name)."""
+    return name in ZOO["ci"] or name in VARIANTS
+
+
 def spec(name: str, profile: str | None = None, seed: int | None = None) -> ZooSpec:
+    if name in VARIANTS:
+        base, config = VARIANTS[name]
+        s = spec(base, profile, seed)
+        return replace(s, name=name, config={**s.config, **config})
     table = ZOO[profile or cfg.profile()]
     if name not in table:
-        raise KeyError(f"{name!r} is not a zoo model; the zoo has {sorted(table)}")
+        raise KeyError(f"{name!r} is not a zoo model; the zoo has {sorted(table)} and the variants {sorted(VARIANTS)}")
     s = table[name]
     return s if seed is None else replace(s, seed=seed, world=replace(s.world, seed=seed))
 
@@ -372,7 +390,7 @@ def load(name_or_path: str, *, profile: str | None = None, seed: int | None = No
     """
     from transformers import AutoConfig, AutoTokenizer
 
-    path = build(name_or_path, profile, seed, progress)["path"] if name_or_path in names() else name_or_path
+    path = build(name_or_path, profile, seed, progress)["path"] if known(name_or_path) else name_or_path
     family = get_family(AutoConfig.from_pretrained(path))
     import transformers
 
@@ -391,7 +409,7 @@ def load(name_or_path: str, *, profile: str | None = None, seed: int | None = No
 
 def world_of(name_or_path: str, profile: str | None = None, seed: int | None = None) -> World:
     """The world a zoo model was trained on."""
-    if name_or_path in names():
+    if known(name_or_path):
         return World(spec(name_or_path, profile, seed).world)
     card = json.loads((Path(name_or_path) / "mendlab_card.json").read_text())
     return World(WorldConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in card["spec"]["world"].items()}))

@@ -85,6 +85,18 @@ def test_variant_changes_only_what_it_names(cache):
     assert zoo.variant("tiny-gpt2", "ci", config={"n_layer": 4}).config["n_layer"] == 4  # an attribute alias
 
 
+def test_named_variant_is_its_base_widened_and_not_in_the_course_zoo():
+    base, wide = zoo.spec("tiny-bart", "full", seed=2), zoo.spec("tiny-bart-wide", "full", seed=2)
+    assert wide.name == "tiny-bart-wide" and "tiny-bart-wide" not in zoo.names()
+    assert zoo.known("tiny-bart-wide") and zoo.known("tiny-bart") and not zoo.known("./tiny-bart-wide")
+    assert wide.config == {**base.config, "d_model": 256, "encoder_ffn_dim": 1024, "decoder_ffn_dim": 1024}
+    assert (wide.world, wide.steps, wide.lr, wide.seed) == (base.world, base.steps, base.lr, base.seed)
+    assert zoo.cache_path(wide) != zoo.cache_path(base) and zoo.cache_path(wide).name.startswith("tiny-bart-wide-")
+    assert zoo.world_of("tiny-bart-wide", "ci", seed=1).config == zoo.world_of("tiny-bart", "ci", seed=1).config
+    with pytest.raises(KeyError, match="tiny-bart-wide"):
+        zoo.spec("tiny-bart-wider", "ci")
+
+
 def test_variant_refuses_settings_that_do_not_exist():
     with pytest.raises(ValueError, match="num_layerz"):
         zoo.variant("tiny-bert", "ci", config={"num_layerz": 6})

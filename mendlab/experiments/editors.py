@@ -68,7 +68,7 @@ def editor_path(model_name: str, alg: str = "mend", variant: str = "mend", seed:
     cfg = train_config or TrainConfig.for_profile(prof, seed=seed)
     ws = world_of_run(seed, world_seed)
     train_key = {k: v for k, v in asdict(cfg).items() if k not in _LATER_OPTIONS or v != _LATER_OPTIONS[k]}
-    key = {"model": zoo.spec(model_name, prof, ws) if model_name in zoo.names() else model_name, "alg": alg,
+    key = {"model": zoo.spec(model_name, prof, ws) if zoo.known(model_name) else model_name, "alg": alg,
            "variant": variant, "task": task, "train": train_key, **_task_key(task)}
     cls = editor_class(alg)
     key[getattr(cls, "config_field", "editor")] = (asdict(cls.default_config(task, variant, **(net or {})))
@@ -109,7 +109,7 @@ def train_editor(model_name: str = "tiny-gpt2", alg: str = "mend", variant: str 
     prof = profile()
     cfg = train_config or TrainConfig.for_profile(prof, seed=seed, **cls.train_overrides(task))
     ws = world_of_run(seed, world_seed)
-    model, tok = zoo.load(model_name, seed=ws if model_name in zoo.names() else None, progress=progress)
+    model, tok = zoo.load(model_name, seed=ws if zoo.known(model_name) else None, progress=progress)
     if task == tasks.DEFAULT_TASK[get_family(model).kind]:
         task = None  # the default task and None are one cache entry
     if names is not None:
@@ -150,7 +150,7 @@ def ft_editor(model_name: str = "tiny-gpt2", alg: str = "ft", seed: int = 0, tas
 
     prof = profile()
     ws = world_of_run(seed, world_seed)
-    model, tok = zoo.load(model_name, seed=ws if model_name in zoo.names() else None, progress=progress)
+    model, tok = zoo.load(model_name, seed=ws if zoo.known(model_name) else None, progress=progress)
     if data is not None:
         data.require("val", command="an lr sweep")
     t = _task(model_name, model, tok, task, ws, progress, data)
@@ -159,7 +159,7 @@ def ft_editor(model_name: str = "tiny-gpt2", alg: str = "ft", seed: int = 0, tas
     if data is not None and config.locality:
         data.require("train", command=f"{alg} (its unrelated facts are the training requests')")
     locality = [e.locality for e in t.train if e.locality is not None] if config.locality else None
-    key = {"model": zoo.spec(model_name, prof, ws) if model_name in zoo.names() else model_name, "alg": alg,
+    key = {"model": zoo.spec(model_name, prof, ws) if zoo.known(model_name) else model_name, "alg": alg,
            "task": t.name, "ft": asdict(config), "lrs": list(lrs), "n_val": n_val,
            **_task_key(t.name), **({"data": data.key()} if data else {})}
     path = cache_dir() / "editors" / f"{Path(model_name).name}-{alg}-{config_hash(key)}"
