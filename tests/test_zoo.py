@@ -90,7 +90,8 @@ def test_named_variant_is_its_base_widened_and_not_in_the_course_zoo():
     assert wide.name == "tiny-bart-wide" and "tiny-bart-wide" not in zoo.names()
     assert zoo.known("tiny-bart-wide") and zoo.known("tiny-bart") and not zoo.known("./tiny-bart-wide")
     assert wide.config == {**base.config, "d_model": 256, "encoder_ffn_dim": 1024, "decoder_ffn_dim": 1024}
-    assert (wide.world, wide.steps, wide.lr, wide.seed) == (base.world, base.steps, base.lr, base.seed)
+    assert (wide.world, wide.steps, wide.warmup, wide.seed) == (base.world, base.steps, base.warmup, base.seed)
+    assert wide.lr == 1e-3 < base.lr
     assert zoo.cache_path(wide) != zoo.cache_path(base) and zoo.cache_path(wide).name.startswith("tiny-bart-wide-")
     assert zoo.world_of("tiny-bart-wide", "ci", seed=1).config == zoo.world_of("tiny-bart", "ci", seed=1).config
     with pytest.raises(KeyError, match="tiny-bart-wide"):
