@@ -25,10 +25,8 @@ import torch
 from mendlab import config as cfg
 from mendlab.data import Collator
 from mendlab.families import get_family
+from mendlab.tokenizer import BOS, EOS, PAD, build_tokenizer
 from mendlab.world import N_TEMPLATES, World, WorldConfig
-
-SPECIALS = ("<s>", "<pad>", "</s>", "<unk>", "<mask>")  # ids 0..4, BART's order
-BOS, PAD, EOS = 0, 1, 2
 
 
 @dataclass(frozen=True)
@@ -151,7 +149,7 @@ def variant(name: str, profile: str | None = None, seed: int | None = None, conf
     return replace(s, **own, config={**s.config, **(config or {})}, world=replace(s.world, **world))
 
 
-# -- tokenizer ----------------------------------------------------------------------------------------------------
+# -- the Hugging Face config ------------------------------------------------------------------------------------
 def _hf_config(s: ZooSpec, vocab_size: int):
     from transformers import AutoConfig
 
@@ -167,32 +165,6 @@ def _hf_config(s: ZooSpec, vocab_size: int):
     elif s.model_type == "bert":
         extra = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     return AutoConfig.for_model(s.model_type, vocab_size=vocab_size, **ids, **extra, **s.config)
-
-
-def build_tokenizer(world: World, vocab_size: int, kind: str):
-    """A byte-level BPE trained on the world, wrapped as ``PreTrainedTokenizerFast``.
-
-    ``kind`` sets the special tokens the tokenizer adds, as the real checkpoints' tokenizers do: none for
-    decoders (GPT-2), ``<s> … </s>`` for BART and BERT-style classifiers, ``… </s>`` for T5.
-    """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIALS), min_frequency=1,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(world.corpus(), trainer)
-    template = {"decoder": None, "seq2seq_t5": "$A </s>", "seq2seq": "<s> $A </s>", "classifier": "<s> $A </s>"}
-    single = template[kind]
-    if single:
-        tok.post_processor = processors.TemplateProcessing(
-            single=single, pair=single + " $B </s>", special_tokens=[("<s>", BOS), ("</s>", EOS)])
-    else:
-        tok.post_processor = processors.ByteLevel(trim_offsets=True)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                                   unk_token="<unk>", mask_token="<mask>", cls_token="<s>", sep_token="</s>")
 
 
 # -- training -----------------------------------------------------------------------------------------------------
