@@ -109,8 +109,7 @@ def known(name: str) -> bool:
 def spec(name: str, profile: str | None = None, seed: int | None = None) -> ZooSpec:
     if name in VARIANTS:
         base, config, fields = VARIANTS[name]
-        s = spec(base, profile, seed)
-        return replace(s, name=name, config={**s.config, **config}, **fields)
+        return replace(variant(base, profile, seed, config=config, **fields), name=name)
     table = ZOO[profile or cfg.profile()]
     if name not in table:
         raise KeyError(f"{name!r} is not a zoo model; the zoo has {sorted(table)} and the variants {sorted(VARIANTS)}")
